@@ -1,0 +1,62 @@
+# The two commands: `make run` (the whole stack on this machine, host mode) and `make test`.
+# Each installs what it needs on a fresh Debian/Ubuntu machine: Debian packages, the venv, pip packages.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+# Host-mode defaults (the image sets its own in docker/Dockerfile).
+export WORKSPACE ?= $(CURDIR)/workspace
+export RUN_DIR ?= /tmp/comfyui-docker-$(shell id -u)
+export COMFYUI_DIR ?= $(CURDIR)/comfyui
+export COMFYUI_PYTHON ?= $(CURDIR)/comfyui/.venv/bin/python
+export COMFYUI_LISTEN ?= 127.0.0.1
+export DASHBOARD_LISTEN ?= 127.0.0.1
+
+DEBIAN_PACKAGES := redis-server
+COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
+COMFYUI_REF ?= v0.3.68
+
+.PHONY: run test lint bench ctl deps system-deps comfyui clean
+
+run: deps ## The whole stack in the foreground; Ctrl-C stops it.
+	exec docker/entrypoint.sh
+
+ctl: ## supervisorctl for the running stack: make ctl ARGS="status" / ARGS="tail -f worker"
+	@$(PY) -m services.ctl $(ARGS)
+
+test: deps ## The full test suite (lint and static Docker checks included).
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -n 2 --dist loadfile
+
+lint: deps
+	$(PY) -m ruff check .
+
+bench: deps ## Benchmarks: print figures and ratios.
+	$(PY) bench/startup.py
+
+deps: system-deps $(VENV)/.installed
+
+system-deps:
+	@missing=""; for pkg in $(DEBIAN_PACKAGES); do \
+	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+comfyui: ## Install ComfyUI for host mode (needs network to GitHub and the PyTorch index).
+	test -d $(COMFYUI_DIR) || git clone --depth 1 --branch $(COMFYUI_REF) $(COMFYUI_REPO) $(COMFYUI_DIR)
+	test -x $(COMFYUI_PYTHON) || python3 -m venv $(COMFYUI_DIR)/.venv
+	$(COMFYUI_PYTHON) -m pip install -r $(COMFYUI_DIR)/requirements.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

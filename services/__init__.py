@@ -1,0 +1,1 @@
+"""ComfyUI-Docker's control plane: startup, launcher, dashboard, worker, health."""

@@ -1,0 +1,1 @@
+"""The ComfyUI launcher: Settings -> argv -> exec ComfyUI."""

@@ -1,0 +1,62 @@
+"""`python -m services.comfyui`: check, build the argv, exec ComfyUI (or wait quietly when it is absent)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+from services.comfyui.launcher import build_argv, missing, model_path_configs, port_taken
+from services.common import gpu
+from services.common.logs import setup_logging
+from services.common.settings import SettingsError, inherited_environment, load_settings
+
+log = logging.getLogger("comfyui")
+
+RECHECK_SECONDS = 5.0
+
+
+def main() -> int:
+    setup_logging("comfyui")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    reason = missing(settings)
+    if reason:
+        # Say it once and stay RUNNING: a crash loop would bury the message and end FATAL.
+        log.warning("%s", reason)
+        while reason and not stop.wait(RECHECK_SECONDS):
+            reason = missing(settings)
+        if stop.is_set():
+            return 0
+        log.info("ComfyUI found in %s: starting it", settings.comfyui_dir)
+    if port_taken(settings.comfyui_listen, settings.comfyui_port):
+        log.error(
+            "port %d on %s is already in use: stop what holds it or set COMFYUI_PORT to a free port",
+            settings.comfyui_port, settings.comfyui_listen,
+        )  # fmt: skip
+        return 1
+    configs, notes = model_path_configs(settings)
+    for note in notes:
+        log.warning("%s", note)
+    report = gpu.probe()
+    if report.gpus:
+        log.info("GPU: %s", ", ".join(g.name for g in report.gpus))
+    else:
+        log.info("no NVIDIA GPU (%s): starting ComfyUI with --cpu", report.error or "none found")
+    argv = build_argv(settings, gpu=bool(report.gpus), model_configs=configs)
+    log.info("exec %s", " ".join(argv))
+    sys.stderr.flush()
+    os.execve(argv[0], argv, inherited_environment())
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

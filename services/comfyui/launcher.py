@@ -1,0 +1,73 @@
+"""Plain functions of the launcher: is ComfyUI there, is its port free, what argv it gets."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from services.common import modelpaths
+from services.common.settings import Settings
+
+
+def missing(settings: Settings) -> str | None:
+    """Why ComfyUI cannot be started from these settings, or None when it can."""
+    main = settings.comfyui_dir / "main.py"
+    if not main.is_file():
+        return (
+            f"ComfyUI is not installed: no main.py in COMFYUI_DIR={settings.comfyui_dir}. The rest of the"
+            " stack runs without it; point COMFYUI_DIR at a ComfyUI checkout (or use an image that has"
+            " one) and it starts within seconds"
+        )
+    if not settings.comfyui_python.exists():
+        return f"COMFYUI_PYTHON={settings.comfyui_python} does not exist: point it at the Python of ComfyUI's venv"
+    return None
+
+
+def port_taken(host: str, port: int) -> bool:
+    """ComfyUI only finds a taken port after its whole start-up (~14 s), so we look first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Same option as ComfyUI's server, so a socket in TIME_WAIT does not count as taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def model_path_configs(settings: Settings) -> tuple[list[str], list[str]]:
+    """The YAML files to pass, and notes on any left out (ComfyUI exits 1 on a bad one)."""
+    paths = settings.paths
+    files, notes = [], []
+    for path in (paths.extra_model_paths, paths.user_extra_model_paths):
+        if path == paths.user_extra_model_paths and not path.exists():
+            continue
+        trouble = modelpaths.problem(path)
+        if trouble:
+            notes.append(f"left out: {trouble}")
+        else:
+            files.append(str(path))
+    return files, notes
+
+
+def build_argv(settings: Settings, gpu: bool, model_configs: list[str]) -> list[str]:
+    paths = settings.paths
+    argv = [
+        str(settings.comfyui_python),
+        str(settings.comfyui_dir / "main.py"),
+        "--listen", settings.comfyui_listen,
+        "--port", str(settings.comfyui_port),
+        "--output-directory", str(paths.output),
+        "--input-directory", str(paths.input),
+        "--user-directory", str(paths.user),
+        # Its own database on the volume: the default lives in the ComfyUI tree, shared by every instance.
+        "--database-url", f"sqlite:///{paths.comfyui_database}",
+    ]  # fmt: skip
+    for config in model_configs:
+        argv += ["--extra-model-paths-config", config]
+    if not gpu:
+        argv.append("--cpu")
+    return argv + settings.comfyui_extra_args()

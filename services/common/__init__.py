@@ -1,0 +1,1 @@
+"""The small library every service uses; it imports no service."""

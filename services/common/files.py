@@ -1,0 +1,37 @@
+"""Small file helpers: atomic, change-only writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
+    """Write `text` to `path` through a temp file + rename; return False when it already held it."""
+    try:
+        if path.read_text() == text:
+            if (path.stat().st_mode & 0o777) != mode:
+                path.chmod(mode)
+            return False
+    except FileNotFoundError:
+        pass
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True

@@ -1,0 +1,119 @@
+"""The one map of the volume and the run dir: every path the stack uses is named here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Model folder types of ComfyUI 0.33 (`GET /models`), custom_nodes aside: it is not under models/.
+MODEL_FOLDERS: tuple[str, ...] = (
+    "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
+    "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models",
+    "latent_upscale_models", "datasets", "hypernetworks", "photomaker", "classifiers", "model_patches",
+    "audio_encoders", "background_removal", "frame_interpolation", "geometry_estimation", "optical_flow",
+    "detection",
+)  # fmt: skip
+
+# Older folder names ComfyUI still reads as YAML keys, and the type each one feeds.
+LEGACY_FOLDERS: dict[str, str] = {"unet": "diffusion_models", "clip": "text_encoders", "t2i_adapter": "controlnet"}
+
+# Top-level folders of the workspace besides models/.
+WORKSPACE_DIRS: tuple[str, ...] = (
+    "output", "input", "user", "workflows", "custom_nodes", "python", "config", "config/presets", "logs",
+)  # fmt: skip
+
+SERVICES: tuple[str, ...] = ("redis", "comfyui", "dashboard", "worker", "health")
+
+
+@dataclass(frozen=True)
+class Paths:
+    workspace: Path
+    run_dir: Path
+
+    @property
+    def models(self) -> Path:
+        return self.workspace / "models"
+
+    def model_folder(self, folder: str) -> Path:
+        if folder not in MODEL_FOLDERS:
+            raise ValueError(f"unknown model folder {folder!r}")
+        return self.models / folder
+
+    @property
+    def output(self) -> Path:
+        return self.workspace / "output"
+
+    @property
+    def input(self) -> Path:
+        return self.workspace / "input"
+
+    @property
+    def user(self) -> Path:
+        return self.workspace / "user"
+
+    @property
+    def custom_nodes(self) -> Path:
+        return self.workspace / "custom_nodes"
+
+    @property
+    def python_packages(self) -> Path:
+        """pip packages of run-time custom nodes, layered over ComfyUI's venv."""
+        return self.workspace / "python"
+
+    @property
+    def config(self) -> Path:
+        return self.workspace / "config"
+
+    @property
+    def user_presets(self) -> Path:
+        return self.config / "presets"
+
+    @property
+    def logs(self) -> Path:
+        return self.workspace / "logs"
+
+    def log_file(self, service: str) -> Path:
+        return self.logs / f"{service}.log"
+
+    @property
+    def extra_model_paths(self) -> Path:
+        """Ours: regenerated at every start."""
+        return self.config / "extra_model_paths.yaml"
+
+    @property
+    def user_extra_model_paths(self) -> Path:
+        """The user's own additions, passed to ComfyUI when valid, never written by us."""
+        return self.config / "extra_model_paths.user.yaml"
+
+    @property
+    def legacy_models(self) -> Path:
+        """The models tree of older images (`/workspace/ComfyUI/models`)."""
+        return self.workspace / "ComfyUI" / "models"
+
+    @property
+    def comfyui_database(self) -> Path:
+        return self.user / "comfyui.db"
+
+    @property
+    def session_key_file(self) -> Path:
+        return self.config / "session.key"
+
+    @property
+    def password_file(self) -> Path:
+        return self.config / "dashboard.password"
+
+    @property
+    def redis_socket(self) -> Path:
+        return self.run_dir / "redis.sock"
+
+    @property
+    def redis_conf(self) -> Path:
+        return self.run_dir / "redis.conf"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.run_dir / "supervisor.sock"
+
+    @property
+    def startup_report(self) -> Path:
+        return self.run_dir / "startup.json"

@@ -1,0 +1,196 @@
+"""The one typed Settings object: every knob of the stack, read from the environment once per process."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from services.common.paths import Paths
+
+# The repository (or /app in the image): where services/, presets/, config/ and supervisord.conf live.
+APP_DIR_DEFAULT = Path(__file__).resolve().parents[2]
+
+# Environment names that look like ours; an unknown one among them is probably a typo.
+_OUR_PREFIXES = ("COMFYUI_", "DASHBOARD_", "HEALTH_", "REDIS_", "LOG_", "WORKSPACE_", "DOWNLOADS_")
+
+
+class SettingsError(Exception):
+    """A setting from the environment is invalid; the message names the variable and the fix."""
+
+
+def _port(description: str, default: int) -> int:
+    return Field(default, ge=1, le=65535, description=description)
+
+
+class Settings(BaseModel):
+    """Every setting of the stack. The environment variable of a field is its name in upper case."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workspace: Path = Field(
+        Path("/workspace"),
+        description="The persistent volume: models, outputs, custom nodes, config, logs.",
+    )
+    run_dir: Path = Field(
+        Path("/run/comfyui-docker"),
+        description="Runtime files: unix sockets, rendered Redis config, startup report. Keep the path short"
+        " (unix socket paths are limited to 107 bytes).",
+    )
+    app_dir: Path = Field(APP_DIR_DEFAULT, description="Where this project is installed (`/app` in the image).")
+    comfyui_dir: Path = Field(Path("/app/comfyui"), description="ComfyUI's source tree (the folder with `main.py`).")
+    comfyui_python: Path = Field(
+        Path("/app/venv/bin/python"),
+        description="The interpreter that runs ComfyUI: its own venv, apart from the control plane's.",
+    )
+    comfyui_listen: str = Field("0.0.0.0", description="Address ComfyUI listens on.")
+    comfyui_port: int = _port("ComfyUI's HTTP and WebSocket port.", 8188)
+    comfyui_args: str = Field("", description="Extra command-line flags for ComfyUI, shell-quoted.")
+    dashboard_listen: str = Field("0.0.0.0", description="Address the dashboard listens on.")
+    dashboard_port: int = _port("The dashboard's port (web pages, `/api`, `/ws`).", 8080)
+    dashboard_password: SecretStr | None = Field(
+        None,
+        description="Dashboard password (also the API bearer token). When unset, one is generated, stored"
+        " 0600 under `<workspace>/config/` and printed once to the log.",
+    )
+    dashboard_auth: bool = Field(
+        True, description="`off` disables authentication: local development only, warned at every start."
+    )
+    dashboard_workers: int = Field(2, ge=1, le=32, description="gunicorn worker processes for the dashboard.")
+    dashboard_threads: int = Field(
+        16, ge=2, le=256, description="Threads per dashboard worker; each open WebSocket holds one."
+    )
+    health_port: int = _port("The health service's port, on 127.0.0.1 only (`/health`, `/ready`).", 8081)
+    health_interval: float = Field(10.0, ge=1, le=3600, description="Seconds between two rounds of health checks.")
+    health_expect_gpu: bool = Field(
+        False, description="Count a missing NVIDIA GPU as unhealthy (the CUDA images set it)."
+    )
+    workspace_critical_free_gb: float = Field(
+        1.0, ge=0, description="Below this much free space (GB) the workspace check fails."
+    )
+    hf_token: SecretStr | None = Field(None, description="Hugging Face token, sent only to Hugging Face hosts.")
+    civitai_token: SecretStr | None = Field(None, description="Civitai token, sent only to Civitai hosts.")
+    redis_url: str | None = Field(
+        None,
+        description="An external Redis (`redis://host:6379/0`); when set, no local redis program runs.",
+    )
+    redis_server: str = Field("redis-server", description="The redis-server binary for the local Redis.")
+    log_level: str = Field("INFO", description="Log level of the control-plane services.")
+    log_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=0, description="Size at which a service's log file is rotated (0: never)."
+    )
+    log_backups: int = Field(5, ge=0, le=100, description="Rotated log files kept per service.")
+    workspace_warn_free_gb: float = Field(
+        10.0, ge=0, description="Warn when the workspace has less free space than this (GB)."
+    )
+    entrypoint_t0_ns: int | None = Field(
+        None, description="Set by `docker/entrypoint.sh` (when the container started, ns); not for users."
+    )
+
+    @field_validator("workspace", "run_dir", "app_dir", "comfyui_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Every program runs in its own directory: a relative path must not change meaning.
+        return value.expanduser().absolute()
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("comfyui_args")
+    @classmethod
+    def _splittable(cls, value: str) -> str:
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be split like a shell command line ({exc})") from exc
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(workspace=self.workspace, run_dir=self.run_dir)
+
+    @property
+    def local_redis(self) -> bool:
+        """True when the stack runs its own Redis (no REDIS_URL)."""
+        return self.redis_url is None
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The URL redis-py understands, for the local socket or the external server."""
+        return self.redis_url or f"unix://{self.paths.redis_socket}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        """Celery spells a unix socket `redis+socket://`; a TCP URL is the same for both."""
+        if self.redis_url is None:
+            return f"redis+socket://{self.paths.redis_socket}"
+        if self.redis_url.startswith("unix://"):
+            return "redis+socket://" + self.redis_url.removeprefix("unix://")
+        return self.redis_url
+
+    def comfyui_extra_args(self) -> list[str]:
+        return shlex.split(self.comfyui_args)
+
+
+def env_name(field: str) -> str:
+    return field.upper()
+
+
+def unknown_settings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Names in the environment that look like ours but are no setting, each with a suggestion."""
+    environ = os.environ if environ is None else environ
+    known = [env_name(name) for name in Settings.model_fields]
+    notes = []
+    for name in sorted(environ):
+        if name in known or not name.startswith(_OUR_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        notes.append(f"{name} is not a setting of this image and is ignored{hint}")
+    return notes
+
+
+def inherited_environment() -> dict[str, str]:
+    """The process environment, for a program that execs another and passes it on."""
+    return dict(os.environ)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment; a bad value raises SettingsError naming the variable."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name in Settings.model_fields:
+        raw = environ.get(env_name(name))
+        # An empty variable means "not set": RunPod templates often carry empty fields.
+        if raw is not None and raw.strip() != "":
+            values[name] = raw.strip()
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            shown = "<hidden>" if field in _SECRET_FIELDS else repr(values.get(field))
+            problems.append(f"{env_name(field)}={shown} is invalid: {error['msg']}")
+        raise SettingsError("; ".join(problems) + ". Fix or unset the variable and start again.") from None
+
+
+_SECRET_FIELDS = {name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}

@@ -1,0 +1,66 @@
+"""How the stack reaches supervisord: the environment its config file expands, and XML-RPC over its socket."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import sys
+import xmlrpc.client
+from pathlib import Path
+
+from services.common.settings import Settings
+
+
+def config_file(settings: Settings) -> Path:
+    return settings.app_dir / "supervisord.conf"
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """Every `%(ENV_X)s` that supervisord.conf uses, resolved, so supervisord never meets an unset one."""
+    paths = settings.paths
+    return {
+        "APP_DIR": str(settings.app_dir),
+        "WORKSPACE": str(settings.workspace),
+        "RUN_DIR": str(settings.run_dir),
+        "LOG_DIR": str(paths.logs),
+        "PYTHON": sys.executable,
+        "REDIS_SERVER": settings.redis_server,
+        "REDIS_CONF": str(paths.redis_conf),
+        "REDIS_AUTOSTART": "true" if settings.local_redis else "false",
+        "LOG_MAX_BYTES": str(settings.log_max_bytes),
+        "LOG_BACKUPS": str(settings.log_backups),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    """supervisor's own transport sets no timeout: a hung supervisord would hang its caller."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__()
+        self._path = path
+        self._timeout = timeout
+
+    def make_connection(self, host):  # noqa: ANN001 - signature of the base class
+        return _UnixConnection(self._path, self._timeout)
+
+
+def rpc(settings: Settings, timeout: float = 5.0) -> xmlrpc.client.ServerProxy:
+    """supervisord's XML-RPC API over its unix socket (the only way in: there is no TCP port).
+
+    Raises OSError when supervisord is not reachable and xmlrpc.client.Fault for a refused call.
+    """
+    transport = _UnixTransport(str(settings.paths.supervisor_socket), timeout)
+    return xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=transport)

@@ -1,0 +1,59 @@
+"""`python -m services.dashboard`: gunicorn (gthread) serving create_app, in this very process."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from gunicorn.app.base import BaseApplication
+
+from services.common.logs import setup_logging
+from services.common.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("dashboard")
+
+
+class DashboardServer(BaseApplication):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options = {
+            "bind": f"{s.dashboard_listen}:{s.dashboard_port}",
+            "workers": s.dashboard_workers,
+            "worker_class": "gthread",
+            # Each open WebSocket holds one thread for its whole life.
+            "threads": s.dashboard_threads,
+            "timeout": 60,
+            "graceful_timeout": 5,
+            "control_socket_disable": True,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": s.log_level.lower(),
+            "proc_name": "dashboard",
+        }
+        for key, value in options.items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self):  # noqa: ANN201
+        from services.dashboard.app import create_app
+
+        return create_app(self.settings)
+
+
+def main() -> int:
+    setup_logging("dashboard")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 2
+    DashboardServer(settings).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

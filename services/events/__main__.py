@@ -1,0 +1,49 @@
+"""`python -m services.events`: the supervisord event listener loop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from services.common import bus
+from services.common.logs import setup_logging
+from services.common.settings import SettingsError, load_settings
+from services.events.listener import Publisher, log_lines, read_event, state_event
+
+log = logging.getLogger("events")
+
+
+def main() -> int:
+    setup_logging("events")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 2
+    # supervisord stops us last; a TERM is the normal way out, not a crash.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    publisher = Publisher(lambda: bus.connect(settings, timeout=0.5))
+    out = sys.stdout
+    while True:
+        # stdout is the protocol channel with supervisord; everything else goes to stderr.
+        out.write("READY\n")
+        out.flush()
+        header, payload = read_event(sys.stdin)
+        if not header:
+            return 0  # supervisord closed our stdin: it is going away
+        name = header.get("eventname", "")
+        if name.startswith("PROCESS_LOG"):
+            for line in log_lines(payload):
+                sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        elif name.startswith("PROCESS_STATE_"):
+            publisher.send(state_event(name, payload))
+        elif name.startswith("TICK"):
+            publisher.send()
+        out.write("RESULT 2\nOK")
+        out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

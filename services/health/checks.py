@@ -1,0 +1,306 @@
+"""Each check returns a Result with a status, a reason a person can act on, and its duration."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+import xmlrpc.client
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import celery.exceptions
+import kombu.exceptions
+import redis
+
+from services.common import bus, gpu, messages, modelpaths, queue, supervisor
+from services.common.paths import MODEL_FOLDERS, SERVICES
+from services.common.settings import Settings
+
+GB = 1024**3
+CHECK_TIMEOUT = 8.0
+# Checks whose failure means the control plane itself cannot act (liveness).
+LIVENESS = ("workspace", "redis", "supervisor")
+# Checks that must pass before the stack can do its job (readiness), besides liveness.
+READINESS = ("worker", "comfyui", "dashboard")
+CRASH_LOOP_COUNT = 3
+CRASH_LOOP_WINDOW = 300.0
+
+
+@dataclass
+class Result:
+    name: str
+    status: str  # ok | warn | fail
+    reason: str
+    ms: float = 0.0
+    data: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_workspace(settings: Settings) -> Result:
+    ws = settings.workspace
+    if not ws.is_dir():
+        return Result("workspace", "fail", f"{ws} does not exist or is not a folder")
+    probe = ws / f".health-{os.getpid()}"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"ok")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        return Result("workspace", "fail", f"{ws} is not writable: {exc.strerror}")
+    finally:
+        probe.unlink(missing_ok=True)
+    usage = shutil.disk_usage(ws)
+    data = {"free": usage.free, "total": usage.total, "mounted": os.path.ismount(ws)}
+    free_gb = usage.free / GB
+    if free_gb < settings.workspace_critical_free_gb:
+        return Result(
+            "workspace", "fail", f"{ws} has {free_gb:.2f} GB free: delete models or grow the volume", data=data
+        )
+    if free_gb < settings.workspace_warn_free_gb:
+        return Result("workspace", "warn", f"{ws} has only {free_gb:.1f} GB free", data=data)
+    if not data["mounted"]:
+        return Result("workspace", "warn", f"{ws} is container-local storage: it is lost with the container", data=data)
+    return Result("workspace", "ok", f"{free_gb:.1f} GB free", data=data)
+
+
+def check_model_paths(settings: Settings) -> Result:
+    path = settings.paths.extra_model_paths
+    trouble = modelpaths.problem(path)
+    if trouble:
+        return Result("model_paths", "fail", f"{trouble}: restart the stack to regenerate it")
+    missing = [f for f in MODEL_FOLDERS if not (settings.paths.models / f).is_dir()]
+    if missing:
+        return Result("model_paths", "warn", f"model folders missing: {', '.join(missing[:5])}; restart to recreate")
+    return Result("model_paths", "ok", f"{path} loads; {len(MODEL_FOLDERS)} folders present")
+
+
+def _log_tail(settings: Settings, program: str, lines: int = 5) -> str:
+    try:
+        with open(settings.paths.log_file(program), "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line for line in text.splitlines()[-lines:] if line.strip())
+
+
+def _recent_crashes(settings: Settings) -> dict[str, int]:
+    try:
+        raw = bus.connect(settings, timeout=1).lrange(messages.crashes_key(), 0, 50)
+    except (redis.RedisError, OSError):
+        return {}
+    counts: dict[str, int] = {}
+    now = time.time()
+    for item in raw:
+        try:
+            event = messages.parse_event(item)
+        except messages.BadEvent:
+            continue
+        if isinstance(event, messages.ServiceState) and now - event.ts < CRASH_LOOP_WINDOW:
+            counts[event.name] = counts.get(event.name, 0) + 1
+    return counts
+
+
+def check_supervisor(settings: Settings) -> Result:
+    try:
+        infos = supervisor.rpc(settings, timeout=3).supervisor.getAllProcessInfo()
+    except (OSError, xmlrpc.client.Error) as exc:
+        return Result("supervisor", "fail", f"supervisord unreachable on {settings.paths.supervisor_socket}: {exc}")
+    states = {i["name"]: i["statename"] for i in infos}
+    wanted = [s for s in SERVICES if s != "redis" or settings.local_redis]
+    data = {"programs": states}
+    fatal = [n for n in wanted if states.get(n) == "FATAL"]
+    if fatal:
+        name = fatal[0]
+        return Result(
+            "supervisor", "fail", f"{name} is FATAL (gave up restarting): {_log_tail(settings, name)}", data=data
+        )
+    loops = {n: c for n, c in _recent_crashes(settings).items() if c >= CRASH_LOOP_COUNT and n in wanted}
+    if loops:
+        name = next(iter(loops))
+        window = int(CRASH_LOOP_WINDOW)
+        reason = f"{name} is crash-looping ({loops[name]} crashes in {window} s): {_log_tail(settings, name)}"
+        return Result("supervisor", "fail", reason, data=data)
+    down = [n for n in wanted if states.get(n) not in ("RUNNING", "STARTING")]
+    if down:
+        return Result(
+            "supervisor",
+            "warn",
+            "not running: " + ", ".join(f"{n} ({states.get(n, 'absent')})" for n in down),
+            data=data,
+        )
+    return Result("supervisor", "ok", f"{len(wanted)} programs running", data=data)
+
+
+def check_redis(settings: Settings) -> Result:
+    begin = time.perf_counter()
+    try:
+        bus.connect(settings, timeout=2).ping()
+    except (redis.RedisError, OSError) as exc:
+        return Result("redis", "fail", f"Redis does not answer: {exc}")
+    ms = (time.perf_counter() - begin) * 1000
+    return Result("redis", "ok" if ms < 100 else "warn", f"answers in {ms:.1f} ms", data={"latency_ms": ms})
+
+
+def check_worker(settings: Settings, timeout: float = 5.0) -> Result:
+    """A real no-op task through the queue: a worker alive but not consuming fails here."""
+    app = queue.client(settings)
+    try:
+        sent = time.time()
+        reply = app.send_task(messages.TASK_PING, args=[sent], expires=timeout * 2)
+        reply.get(timeout=timeout)
+        reply.forget()
+    except celery.exceptions.TimeoutError:
+        return Result("worker", "fail", f"no worker took a no-op task within {timeout:.0f} s: see the worker log")
+    except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
+        return Result("worker", "fail", f"cannot reach the queue: {exc}")
+    finally:
+        app.close()
+    rtt = (time.time() - sent) * 1000
+    return Result("worker", "ok", f"no-op task round trip {rtt:.0f} ms", data={"round_trip_ms": rtt})
+
+
+def _http_get(url: str, timeout: float) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URL we build
+            return response.status, response.read(65536)
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def check_dashboard(settings: Settings) -> Result:
+    try:
+        status, _ = _http_get(f"http://127.0.0.1:{settings.dashboard_port}/livez", 3)
+    except OSError as exc:
+        return Result("dashboard", "fail", f"dashboard does not answer on port {settings.dashboard_port}: {exc}")
+    if status != 200:
+        return Result("dashboard", "fail", f"dashboard liveness answered {status}")
+    return Result("dashboard", "ok", f"answers on port {settings.dashboard_port}")
+
+
+def check_comfyui(settings: Settings) -> Result:
+    if not (settings.comfyui_dir / "main.py").is_file():
+        return Result(
+            "comfyui", "warn", f"not installed (no main.py in {settings.comfyui_dir})", data={"state": "not_installed"}
+        )
+    try:
+        status, body = _http_get(f"http://127.0.0.1:{settings.comfyui_port}/system_stats", 3)
+    except OSError:
+        status, body = 0, b""
+    if status == 200:
+        try:
+            stats = json.loads(body)
+            version = stats["system"]["comfyui_version"]
+            devices = [d.get("name") for d in stats.get("devices", [])]
+        except (ValueError, KeyError, TypeError):
+            return Result("comfyui", "fail", "/system_stats answered something that is not ComfyUI's JSON")
+        queue_size = _comfyui_queue(settings)
+        return Result(
+            "comfyui", "ok", f"ComfyUI {version} ready on port {settings.comfyui_port}",
+            data={"state": "ready", "version": version, "devices": devices, "queue_remaining": queue_size},
+        )  # fmt: skip
+    if status:
+        return Result(
+            "comfyui", "fail", f"/system_stats answered {status}: see the comfyui log", data={"state": "error"}
+        )
+    try:
+        info = supervisor.rpc(settings, timeout=2).supervisor.getProcessInfo("comfyui")
+    except (OSError, xmlrpc.client.Error):
+        info = {}
+    if info.get("statename") in ("STARTING", "RUNNING"):
+        # ComfyUI opens its port only when start-up is done: custom nodes can take minutes.
+        since = time.time() - info.get("start", time.time())
+        return Result("comfyui", "warn", f"starting ({since:.0f} s so far)", data={"state": "starting"})
+    return Result(
+        "comfyui", "fail", f"down ({info.get('statename', 'unknown')}): see the comfyui log", data={"state": "down"}
+    )
+
+
+def _comfyui_queue(settings: Settings) -> int | None:
+    try:
+        _, body = _http_get(f"http://127.0.0.1:{settings.comfyui_port}/prompt", 2)
+        return int(json.loads(body)["exec_info"]["queue_remaining"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_gpu(settings: Settings) -> Result:
+    report = gpu.probe()
+    if report.gpus:
+        first = report.gpus[0]
+        return Result(
+            "gpu", "ok", f"{len(report.gpus)} x {first.name}, driver {report.driver}, CUDA {report.cuda}",
+            data={"gpus": [g.as_dict() for g in report.gpus], "driver": report.driver, "cuda": report.cuda},
+        )  # fmt: skip
+    if settings.health_expect_gpu:
+        return Result("gpu", "fail", f"no GPU visible: {report.error}. Start the container with --gpus all")
+    return Result("gpu", "ok", "no GPU: ComfyUI runs on the CPU", data={"gpus": []})
+
+
+CHECKS: dict[str, Callable[[Settings], Result]] = {
+    "workspace": check_workspace,
+    "model_paths": check_model_paths,
+    "supervisor": check_supervisor,
+    "redis": check_redis,
+    "worker": check_worker,
+    "dashboard": check_dashboard,
+    "comfyui": check_comfyui,
+    "gpu": check_gpu,
+}
+
+
+def run_checks(settings: Settings, names: list[str] | None = None, timeout: float = CHECK_TIMEOUT) -> list[Result]:
+    """Every check in parallel, each bounded by `timeout`; a check that raises is a failure, not a crash."""
+    names = names or list(CHECKS)
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
+        futures = {name: pool.submit(_timed, CHECKS[name], settings) for name in names}
+        deadline = time.monotonic() + timeout
+        for name, future in futures.items():
+            try:
+                results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+            except concurrent.futures.TimeoutError:
+                results.append(Result(name, "fail", f"check timed out after {timeout:.0f} s", timeout * 1000))
+        pool.shutdown(wait=False, cancel_futures=True)
+    return results
+
+
+def _timed(check: Callable[[Settings], Result], settings: Settings) -> Result:
+    begin = time.perf_counter()
+    try:
+        result = check(settings)
+    except Exception as exc:  # noqa: BLE001 - a broken check must not take the health service down
+        result = Result(check.__name__.removeprefix("check_"), "fail", f"check error: {type(exc).__name__}: {exc}")
+    result.ms = round((time.perf_counter() - begin) * 1000, 2)
+    return result
+
+
+def overall(results: list[Result]) -> tuple[str, bool]:
+    """(healthy | degraded | unhealthy, ready). See the README's table."""
+    by_name = {r.name: r for r in results}
+    if any(by_name[n].status == "fail" for n in LIVENESS if n in by_name):
+        state = "unhealthy"
+    elif any(r.status != "ok" for r in results):
+        state = "degraded"
+    else:
+        state = "healthy"
+    ready = (
+        state != "unhealthy"
+        and all(by_name[n].status == "ok" for n in READINESS if n in by_name)
+        and not any(r.status == "fail" for r in results)
+    )
+    return state, ready
+
+
+def report(results: list[Result]) -> dict:
+    state, ready = overall(results)
+    return {"state": state, "ready": ready, "checks": [r.as_dict() for r in results]}

@@ -1,0 +1,1 @@
+"""Startup: small idempotent, timed steps that prepare the volume and config, then exec supervisord."""

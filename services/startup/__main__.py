@@ -1,0 +1,82 @@
+"""`python -m services.startup`: run the steps, write the report, then exec supervisord."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from services.common import supervisor
+from services.common.files import write_atomic
+from services.common.logs import setup_logging
+from services.common.settings import Settings, SettingsError, inherited_environment, load_settings, unknown_settings
+from services.startup.steps import STEPS, StepError
+
+log = logging.getLogger("startup")
+
+
+def run_steps(settings: Settings, t0_ns: int | None = None) -> dict:
+    """Run every step in order, timed; raise StepError at the first that cannot go on."""
+    started = time.perf_counter()
+    report: dict = {"started_at": time.time(), "steps": []}
+    if t0_ns:
+        report["entrypoint_started_at"] = t0_ns / 1e9
+    for name, step in STEPS:
+        begin = time.perf_counter()
+        try:
+            notes = step(settings)
+        finally:
+            ms = round((time.perf_counter() - begin) * 1000, 2)
+        report["steps"].append({"name": name, "ms": ms, "notes": notes})
+        for note in notes:
+            log.warning("%s: %s", name, note)
+        log.info("step %s done in %.1f ms", name, ms)
+    report["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    write_atomic(settings.paths.startup_report, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def supervisord_argv(settings: Settings) -> list[str]:
+    local = Path(sys.executable).with_name("supervisord")
+    binary = str(local) if local.exists() else shutil.which("supervisord")
+    if binary is None:
+        raise StepError("supervisord is not installed: run `make run`, or pip install supervisor")
+    return [binary, "-n", "-c", str(supervisor.config_file(settings))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.startup", description=__doc__)
+    parser.add_argument("--no-exec", action="store_true", help="run the steps and stop (no supervisord)")
+    args = parser.parse_args(argv)
+    setup_logging("startup")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 2
+    logging.getLogger().setLevel(settings.log_level)
+    for note in unknown_settings():
+        log.warning("%s", note)
+    try:
+        report = run_steps(settings, settings.entrypoint_t0_ns)
+        command = supervisord_argv(settings)
+    except StepError as exc:
+        log.error("startup failed: %s", exc)
+        return 1
+    log.info("startup steps done in %.1f ms", report["total_ms"])
+    if args.no_exec:
+        return 0
+    env = {**inherited_environment(), **supervisor.environment(settings)}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

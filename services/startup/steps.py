@@ -1,0 +1,163 @@
+"""The startup steps. Each can run twice and change nothing the second time; each returns its notes."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from string import Template
+
+from services.common import credentials, modelpaths
+from services.common.files import write_atomic
+from services.common.paths import MODEL_FOLDERS, WORKSPACE_DIRS
+from services.common.settings import Settings
+
+log = logging.getLogger("startup")
+
+GB = 1024**3
+
+
+class StepError(Exception):
+    """The stack cannot start; the message says what is wrong and what to do."""
+
+
+def prepare_run_dir(settings: Settings) -> list[str]:
+    run_dir = settings.run_dir
+    if len(str(settings.paths.supervisor_socket)) > 100:
+        raise StepError(f"RUN_DIR={run_dir} is too long for unix sockets (limit ~100 bytes): use a shorter path")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run_dir.chmod(0o700)
+    except OSError as exc:
+        raise StepError(
+            f"RUN_DIR={run_dir} cannot be created: {exc.strerror}. Point RUN_DIR at a writable folder."
+        ) from exc
+    return []
+
+
+def check_volume(settings: Settings) -> list[str]:
+    """Is the workspace a folder, writable, a mount of its own, with room? Warn, die only when unusable."""
+    ws = settings.workspace
+    notes: list[str] = []
+    if ws.exists() and not ws.is_dir():
+        raise StepError(f"WORKSPACE={ws} is a file, not a folder. Point WORKSPACE at the volume's mount point.")
+    try:
+        ws.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StepError(
+            f"WORKSPACE={ws} cannot be created: {exc.strerror}. Create it or point WORKSPACE elsewhere."
+        ) from exc
+    probe = ws / f".write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"x")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            notes.append(f"WORKSPACE={ws} is full: downloads will fail until space is freed")
+        else:
+            raise StepError(
+                f"WORKSPACE={ws} is not writable ({exc.strerror}): mount the volume read-write and check its owner."
+            ) from exc
+    finally:
+        probe.unlink(missing_ok=True)
+    free = shutil.disk_usage(ws).free
+    if free < settings.workspace_warn_free_gb * GB and not notes:
+        notes.append(f"WORKSPACE={ws} has only {free / GB:.1f} GB free")
+    if not os.path.ismount(ws):
+        notes.append(
+            f"WORKSPACE={ws} is not a mount of its own: models and outputs live in the container"
+            " and are lost with it (on RunPod, attach a network volume at /workspace)"
+        )
+    return notes
+
+
+def make_layout(settings: Settings) -> list[str]:
+    """Create every folder ComfyUI and the stack use. Nothing existing is moved or deleted."""
+    paths = settings.paths
+    wanted = [paths.workspace / name for name in WORKSPACE_DIRS]
+    wanted += [paths.models / folder for folder in MODEL_FOLDERS]
+    notes = []
+    for folder in wanted:
+        if folder.is_dir():
+            continue
+        if folder.exists() or folder.is_symlink():
+            notes.append(f"{folder} exists and is not a folder: left as it is")
+            continue
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue  # another pod on the same volume made it just now
+        except OSError as exc:
+            raise StepError(
+                f"cannot create {folder}: {exc.strerror}. Free space on the volume or fix its owner."
+            ) from exc
+    return notes
+
+
+def write_model_paths(settings: Settings) -> list[str]:
+    """Render extra_model_paths.yaml; keep whatever it held before in a .bak when it differs."""
+    paths = settings.paths
+    target = paths.extra_model_paths
+    text = modelpaths.render(paths)
+    notes = []
+    try:
+        old = target.read_bytes()
+    except FileNotFoundError:
+        old = None
+    if old is not None and old != text.encode():
+        backup = target.with_name(target.name + ".bak")
+        write_atomic(backup, old.decode(errors="replace"))
+        notes.append(f"{target} was regenerated; its previous content is kept in {backup.name}")
+    try:
+        write_atomic(target, text)
+    except OSError as exc:
+        raise StepError(f"cannot write {target}: {exc.strerror}. Free space on the volume.") from exc
+    user = paths.user_extra_model_paths
+    if user.exists():
+        trouble = modelpaths.problem(user)
+        if trouble:
+            notes.append(f"{trouble}. ComfyUI starts without this file until it is fixed")
+    if paths.legacy_models.is_dir():
+        notes.append(f"legacy models found in {paths.legacy_models}: ComfyUI reads them where they are")
+    return notes
+
+
+def write_redis_config(settings: Settings) -> list[str]:
+    if not settings.local_redis:
+        return ["REDIS_URL is set: no local Redis runs"]
+    template = Template((settings.app_dir / "config" / "redis.conf").read_text())
+    paths = settings.paths
+    write_atomic(paths.redis_conf, template.substitute(socket=paths.redis_socket, run_dir=settings.run_dir), 0o600)
+    return []
+
+
+def ensure_secrets(settings: Settings) -> list[str]:
+    paths = settings.paths
+    notes = []
+    try:
+        credentials.ensure_secret(paths.session_key_file, 48)
+        if settings.dashboard_password is None:
+            password, created = credentials.ensure_secret(paths.password_file, 18)
+            if created:
+                # The one time the generated password is shown: the user needs it to log in.
+                log.warning("dashboard password (generated, stored in %s): %s", paths.password_file, password)
+            else:
+                notes.append(f"dashboard password: the one stored in {paths.password_file}")
+    except OSError as exc:
+        raise StepError(f"cannot write secrets under {paths.config}: {exc.strerror}") from exc
+    if not settings.dashboard_auth:
+        notes.append("DASHBOARD_AUTH=off: the dashboard accepts anyone. Local development only")
+    return notes
+
+
+STEPS = (
+    ("run_dir", prepare_run_dir),
+    ("volume", check_volume),
+    ("layout", make_layout),
+    ("model_paths", write_model_paths),
+    ("redis_config", write_redis_config),
+    ("secrets", ensure_secrets),
+)

@@ -1,0 +1,73 @@
+"""Fixtures every test uses: real redis-server, real HTTP file server, Settings, the whole stack."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from services.common.settings import Settings
+from tests.helpers.fileserver import FileServer
+from tests.helpers.procs import STANDIN_DIR, VENV_PYTHON, free_port, short_dir
+from tests.helpers.redisserver import RedisServer
+from tests.helpers.stack import Stack
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> redis.Redis:
+    client = redis_server.client()
+    client.flushall()
+    return client
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    path = short_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, run_dir: Path, redis_server: RedisServer) -> Settings:
+    return Settings(
+        workspace=tmp_path / "workspace",
+        run_dir=run_dir,
+        redis_url=redis_server.url,
+        comfyui_dir=STANDIN_DIR,
+        comfyui_python=VENV_PYTHON,
+        comfyui_listen="127.0.0.1",
+        comfyui_port=free_port(),
+        dashboard_port=free_port(),
+        health_port=free_port(),
+    )
+
+
+@pytest.fixture
+def file_server() -> Iterator[FileServer]:
+    server = FileServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator:
+    stacks: list[Stack] = []
+
+    def make(**env: str) -> Stack:
+        stack = Stack(tmp_path / f"stack{len(stacks)}", **env)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()

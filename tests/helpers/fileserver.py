@@ -1,0 +1,201 @@
+"""A real HTTP file server on 127.0.0.1 with Range, If-Range and ETag, and faults switched on per file.
+
+Faults (FileServer.fault(name, **kw)): stall_after=N bytes (then hang stall_seconds), reset_after=N bytes
+(close the connection), ignore_range=True (answer 200 with the whole body), wrong_bytes=True (flip one
+byte), status=401|403|404|500 (answer that status), redirect_to=URL (302 there). Changing a file's
+content changes its ETag. Every request is recorded (method, path, headers) for assertions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Fault:
+    stall_after: int | None = None
+    stall_seconds: float = 30.0
+    reset_after: int | None = None
+    ignore_range: bool = False
+    wrong_bytes: bool = False
+    status: int | None = None
+    redirect_to: str | None = None
+    times: int | None = None  # how many requests it affects; None: all
+
+
+@dataclass
+class Served:
+    data: bytes
+    etag: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.etag = '"' + hashlib.sha256(self.data).hexdigest()[:16] + '"'
+
+
+class FileServer:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.files: dict[str, Served] = {}
+        self.faults: dict[str, Fault] = {}
+        self.requests: list[dict] = []
+        self.bytes_sent = 0
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer((host, 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.host = host
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+    def add(self, name: str, data: bytes, headers: dict[str, str] | None = None) -> str:
+        self.files[name] = Served(data, headers=dict(headers or {}))
+        return self.url(name)
+
+    def fault(self, name: str, **kwargs: object) -> None:
+        self.faults[name] = Fault(**kwargs)
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def start(self) -> FileServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _take_fault(self, name: str) -> Fault | None:
+        with self._lock:
+            fault = self.faults.get(name)
+            if fault is None:
+                return None
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times < 0:
+                    del self.faults[name]
+                    return None
+            return fault
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                return
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._serve(head=True)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._serve(head=False)
+
+            def _serve(self, head: bool) -> None:
+                name = self.path.split("?", 1)[0].lstrip("/")
+                server.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
+                fault = server._take_fault(name)
+                if fault and fault.status:
+                    self._plain(fault.status, f"fault {fault.status}\n".encode())
+                    return
+                if fault and fault.redirect_to:
+                    self.send_response(302)
+                    self.send_header("Location", fault.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                served = server.files.get(name)
+                if served is None:
+                    self._plain(404, b"not found\n")
+                    return
+                data = served.data
+                if fault and fault.wrong_bytes and data:
+                    middle = len(data) // 2
+                    data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+                start, end, partial = 0, len(data) - 1, False
+                range_header = self.headers.get("Range")
+                if_range = self.headers.get("If-Range")
+                if range_header and not (fault and fault.ignore_range) and (if_range in (None, served.etag)):
+                    match = re.fullmatch(r"bytes=(\d*)-(\d*)", range_header.strip())
+                    if match and (match.group(1) or match.group(2)):
+                        if match.group(1):
+                            start = int(match.group(1))
+                            end = int(match.group(2)) if match.group(2) else len(data) - 1
+                        else:
+                            start = max(0, len(data) - int(match.group(2)))
+                        end = min(end, len(data) - 1)
+                        if start > end or start >= len(data):
+                            self.send_response(416)
+                            self.send_header("Content-Range", f"bytes */{len(data)}")
+                            self.send_header("Content-Length", "0")
+                            self.end_headers()
+                            return
+                        partial = True
+                body = data[start : end + 1]
+                self.send_response(206 if partial else 200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", served.etag)
+                self.send_header("Content-Length", str(len(body)))
+                if partial:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                for key, value in served.headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if head:
+                    return
+                self._write(body, fault)
+
+            def _write(self, body: bytes, fault: Fault | None) -> None:
+                sent = 0
+                chunk = 64 * 1024
+                while sent < len(body):
+                    piece = body[sent : sent + chunk]
+                    if fault and fault.reset_after is not None and sent + len(piece) > fault.reset_after:
+                        piece = piece[: max(0, fault.reset_after - sent)]
+                        self.wfile.write(piece)
+                        server.bytes_sent += len(piece)
+                        self.wfile.flush()
+                        # An abortive close (RST), like a dropped connection.
+                        self.connection.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                        )
+                        self.close_connection = True
+                        self.connection.close()
+                        return
+                    if fault and fault.stall_after is not None and sent + len(piece) > fault.stall_after:
+                        piece = piece[: max(0, fault.stall_after - sent)]
+                        self.wfile.write(piece)
+                        server.bytes_sent += len(piece)
+                        self.wfile.flush()
+                        time.sleep(fault.stall_seconds)
+                        self.close_connection = True
+                        return
+                    try:
+                        self.wfile.write(piece)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return
+                    server.bytes_sent += len(piece)
+                    sent += len(piece)
+
+            def _plain(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler

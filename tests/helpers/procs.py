@@ -1,0 +1,45 @@
+"""Small process and network helpers for tests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STANDIN_DIR = REPO / "tests" / "standin" / "comfyui"
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def short_dir(prefix: str = "cd-") -> Path:
+    """Unix socket paths are limited to ~107 bytes: pytest's tmp_path is too long for them."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll until `predicate()` is truthy; return its value or fail with `what`."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - polling through transient errors
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})")
+
+
+def zombies() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,ppid,stat,comm"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()[1:] if line.split()[2].startswith("Z")]
