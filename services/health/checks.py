@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import shutil
@@ -56,7 +57,8 @@ def check_workspace(settings: Settings) -> Result:
     except OSError as exc:
         return Result("workspace", "fail", f"{ws} is not writable: {exc.strerror}")
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only volume even unlinking nothing fails
+            probe.unlink()
     usage = shutil.disk_usage(ws)
     data = {"free": usage.free, "total": usage.total, "mounted": os.path.ismount(ws)}
     free_gb = usage.free / GB

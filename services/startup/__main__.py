@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except StepError as exc:
         log.error("startup failed: %s", exc)
         return 1
+    except OSError as exc:
+        # A fault no step foresaw: still one clear line, never a traceback.
+        log.error("startup failed: %s: %s", exc.strerror or type(exc).__name__, exc.filename or exc)
+        return 1
     log.info("startup steps done in %.1f ms", report["total_ms"])
     if args.no_exec:
         return 0

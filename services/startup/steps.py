@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -62,7 +63,8 @@ def check_volume(settings: Settings) -> list[str]:
                 f"WORKSPACE={ws} is not writable ({exc.strerror}): mount the volume read-write and check its owner."
             ) from exc
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only volume even unlinking nothing fails
+            probe.unlink()
     free = shutil.disk_usage(ws).free
     if free < settings.workspace_warn_free_gb * GB and not notes:
         notes.append(f"WORKSPACE={ws} has only {free / GB:.1f} GB free")

@@ -270,6 +270,11 @@ class Server:
                      "details": "", "extra_info": {}}, node_errors)  # fmt: skip
         return None, {}
 
+    @staticmethod
+    def prompt_error(kind: str, message: str) -> web.Response:
+        error = {"type": kind, "message": message, "details": message, "extra_info": {}}
+        return web.json_response({"error": error, "node_errors": {}}, status=400)
+
     async def post_prompt(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -277,11 +282,9 @@ class Server:
             body = {}
         prompt = body.get("prompt") if isinstance(body, dict) else None
         if not prompt:
-            return web.json_response({"error": {"type": "no_prompt", "message": "No prompt provided", "details":
-                                      "No prompt provided", "extra_info": {}}, "node_errors": {}}, status=400)  # fmt: skip
+            return self.prompt_error("no_prompt", "No prompt provided")
         if "prompt_id" in body and not isinstance(body["prompt_id"], str):
-            return web.json_response({"error": {"type": "invalid_prompt_id", "message": "Invalid prompt_id",
-                                      "details": "", "extra_info": {}}, "node_errors": {}}, status=400)  # fmt: skip
+            return self.prompt_error("invalid_prompt_id", "Invalid prompt_id")
         error, node_errors = self.validate(prompt)
         if error:
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)

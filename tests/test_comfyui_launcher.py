@@ -1,0 +1,119 @@
+"""The comfyui program: argv from Settings, a taken port refused early, a missing ComfyUI said once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from services.comfyui.launcher import build_argv, model_path_configs
+from services.startup.__main__ import run_steps
+from tests.helpers.procs import REPO, VENV_PYTHON, wait_for
+
+
+def launch(settings, **extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMFYUI_", "DASHBOARD_"))}
+    env.update({
+        "WORKSPACE": str(settings.workspace), "RUN_DIR": str(settings.run_dir),
+        "COMFYUI_DIR": str(settings.comfyui_dir), "COMFYUI_PYTHON": str(settings.comfyui_python),
+        "COMFYUI_LISTEN": "127.0.0.1", "COMFYUI_PORT": str(settings.comfyui_port),
+        "STANDIN_STARTUP_SECONDS": "0.2", **extra,
+    })  # fmt: skip
+    return subprocess.Popen([str(VENV_PYTHON), "-m", "services.comfyui"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def test_argv_from_settings(settings):
+    settings = settings.model_copy(update={"comfyui_args": "--preview-method auto"})
+    argv = build_argv(settings, gpu=False, model_configs=["/a.yaml", "/b.yaml"])
+    p = settings.paths
+    assert argv[:2] == [str(settings.comfyui_python), str(settings.comfyui_dir / "main.py")]
+    pairs = dict(zip(argv[2::2], argv[3::2], strict=False))
+    assert pairs["--listen"] == "127.0.0.1" and pairs["--port"] == str(settings.comfyui_port)
+    assert pairs["--output-directory"] == str(p.output) and pairs["--user-directory"] == str(p.user)
+    assert pairs["--database-url"] == f"sqlite:///{p.comfyui_database}"
+    assert argv.count("--extra-model-paths-config") == 2
+    assert "--cpu" in argv and argv[-2:] == ["--preview-method", "auto"]
+    assert "--cpu" not in build_argv(settings, gpu=True, model_configs=[])
+
+
+def test_a_bad_user_yaml_is_left_out(settings):
+    run_steps(settings)
+    settings.paths.user_extra_model_paths.write_text("- not a mapping\n")
+    files, notes = model_path_configs(settings)
+    assert files == [str(settings.paths.extra_model_paths)]
+    assert "the file is a list" in notes[0]
+    settings.paths.user_extra_model_paths.write_text("mine:\n  loras: /data/loras\n")
+    assert len(model_path_configs(settings)[0]) == 2
+
+
+def test_launch_execs_comfyui_which_serves_the_volume(settings):
+    run_steps(settings)
+    (settings.paths.models / "loras" / "a.safetensors").write_bytes(b"1")
+    proc = launch(settings)
+    try:
+        url = f"http://127.0.0.1:{settings.comfyui_port}"
+        loras = wait_for(lambda: json.loads(urllib.request.urlopen(f"{url}/models/loras", timeout=2).read()), 30)
+        assert loras == ["a.safetensors"]
+        # exec: the launcher's pid is now ComfyUI's.
+        assert open(f"/proc/{proc.pid}/cmdline", "rb").read().split(b"\0")[1].endswith(b"main.py")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "Stopped server" in out
+    finally:
+        proc.kill()
+
+
+def test_a_taken_port_is_refused_before_comfyui_starts(settings):
+    run_steps(settings)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", settings.comfyui_port))
+        holder.listen()
+        begin = time.monotonic()
+        proc = launch(settings, STANDIN_STARTUP_SECONDS="10")
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert f"port {settings.comfyui_port} on 127.0.0.1 is already in use" in out
+    assert "set COMFYUI_PORT to a free port" in out and "Traceback" not in out
+    # ComfyUI itself was never started (it would have spent its start-up time first).
+    assert "ComfyUI version" not in out and time.monotonic() - begin < 8
+
+
+@pytest.mark.parametrize("what", ["empty dir", "missing python"])
+def test_missing_comfyui_is_said_once_and_the_program_stays_up(settings, tmp_path, what):
+    run_steps(settings)
+    empty = tmp_path / "empty-comfyui"
+    empty.mkdir()
+    if what == "empty dir":
+        proc = launch(settings, COMFYUI_DIR=str(empty))
+        expected = f"ComfyUI is not installed: no main.py in COMFYUI_DIR={empty}"
+    else:
+        proc = launch(settings, COMFYUI_PYTHON=str(tmp_path / "nope" / "python"))
+        expected = "COMFYUI_PYTHON="
+    time.sleep(6.5)  # past one recheck interval: still running, still said only once
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert out.count(expected) == 1, out
+
+
+def test_comfyui_appearing_later_is_started(settings, tmp_path):
+    run_steps(settings)
+    later = tmp_path / "later"
+    later.mkdir()
+    proc = launch(settings, COMFYUI_DIR=str(later))
+    try:
+        time.sleep(1)
+        (later / "main.py").write_text((settings.comfyui_dir / "main.py").read_text())
+        url = f"http://127.0.0.1:{settings.comfyui_port}/system_stats"
+        wait_for(lambda: urllib.request.urlopen(url, timeout=2).status == 200, 30, what="ComfyUI started later")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
