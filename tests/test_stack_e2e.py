@@ -107,3 +107,20 @@ def test_the_stack_runs_kills_and_stops(stack_factory):
     assert code == 0, stack.output()[-2000:]
     assert time.monotonic() - begin < 30
     assert "Stopped server" in s.paths.log_file("comfyui").read_text()
+
+
+def test_ctrl_c_stops_every_program(stack_factory):
+    """`make run` in a terminal: Ctrl-C sends SIGINT to the whole foreground process group."""
+    stack = stack_factory().start()
+    pids = [info["pid"] for info in stack.wait_running().values() if info["pid"]]
+    os.killpg(stack.proc.pid, signal.SIGINT)
+    assert stack.proc.wait(30) == 0, stack.output()[-2000:]
+    wait_for(lambda: not [p for p in pids if os.path.exists(f"/proc/{p}") and not _zombie(p)], 10,
+             what="every program gone")  # fmt: skip
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    except OSError:
+        return True
