@@ -33,6 +33,25 @@ class Monitor:
         self._publish_changes(results)
 
     def _publish_changes(self, results: list[Result]) -> None:
+        try:
+            client = bus.connect(self.settings, timeout=2)
+            if not client.exists(messages.snapshot_key(messages.HealthCheck.kind)):
+                # Redis restarted empty (it persists nothing) or was flushed: publish everything again.
+                self._published.clear()
+                self._state = None
+            events = self._changes(results)
+            for event in events:
+                bus.publish(client, event)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("cannot publish health changes (will retry next round): %s", exc)
+            return
+        for event in events:
+            if isinstance(event, messages.HealthCheck):
+                self._published[event.name] = (event.status, event.reason if event.status != "ok" else "")
+            else:
+                self._state = (event.state, event.ready)
+
+    def _changes(self, results: list[Result]) -> list[messages.Event]:
         events: list[messages.Event] = []
         for r in results:
             # Durations and free bytes change every round; only status and reason are news.
@@ -43,19 +62,7 @@ class Monitor:
         if state != self._state:
             events.append(messages.HealthState(state=state[0], ready=state[1]))
             log.info("health: %s, ready=%s", *state)
-        if not events:
-            return
-        try:
-            client = bus.connect(self.settings, timeout=2)
-            for event in events:
-                bus.publish(client, event)
-        except (redis.RedisError, OSError) as exc:
-            log.warning("cannot publish health changes (will retry next round): %s", exc)
-            return
-        for event in events:
-            if isinstance(event, messages.HealthCheck):
-                self._published[event.name] = (event.status, event.reason if event.status != "ok" else "")
-        self._state = state
+        return events
 
     def liveness(self) -> tuple[int, dict]:
         with self._lock:
