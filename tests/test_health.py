@@ -168,6 +168,13 @@ def test_live_stack_health(live):
             os.kill(pid, signal.SIGCONT)
     wait_check(stack, "worker", "ok")
 
+    # The worker stopped: the queue check fails and supervisor names the stopped program.
+    stack.rpc().supervisor.stopProcess("worker")
+    wait_check(stack, "worker", "fail", "no worker took a no-op task")
+    wait_check(stack, "supervisor", "warn", "worker (STOPPED)")
+    stack.rpc().supervisor.startProcess("worker")
+    wait_check(stack, "worker", "ok")
+
     # The YAML deleted.
     s.paths.extra_model_paths.unlink()
     wait_check(stack, "model_paths", "fail", "does not exist")
