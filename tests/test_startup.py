@@ -56,7 +56,7 @@ def test_layout_config_and_secrets_on_first_run(settings):
     for secret in (paths.session_key_file, paths.password_file):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert [s["name"] for s in report["steps"]] == [
-        "run_dir", "volume", "layout", "model_paths", "redis_config", "secrets",
+        "run_dir", "volume", "layout", "model_paths", "manager_config", "redis_config", "secrets",
     ]  # fmt: skip
     assert json.loads(paths.startup_report.read_text())["total_ms"] == report["total_ms"]
 

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from services.comfyui.launcher import build_argv, missing, model_path_configs, port_taken
+from services.comfyui.launcher import build_argv, environment, missing, model_path_configs, port_taken
 from services.common import gpu
 from services.common.logs import setup_logging
 from services.common.settings import SettingsError, inherited_environment, load_settings
@@ -54,7 +54,7 @@ def main() -> int:
     argv = build_argv(settings, gpu=bool(report.gpus), model_configs=configs)
     log.info("exec %s", " ".join(argv))
     sys.stderr.flush()
-    os.execve(argv[0], argv, inherited_environment())
+    os.execve(argv[0], argv, environment(settings, inherited_environment()))
     return 0  # not reached
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 from services.common import modelpaths
@@ -70,4 +71,23 @@ def build_argv(settings: Settings, gpu: bool, model_configs: list[str]) -> list[
         argv += ["--extra-model-paths-config", config]
     if not gpu:
         argv.append("--cpu")
+    if settings.comfyui_manager and (settings.comfyui_dir / "manager_requirements.txt").exists():
+        argv.append("--enable-manager")
     return argv + settings.comfyui_extra_args()
+
+
+def environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]:
+    """ComfyUI's environment: pip installs by custom nodes go to the volume and are read back after a restart.
+
+    The folder on PYTHONPATH holds only a sitecustomize that appends the volume's packages after the
+    venv's own, so nothing installed at run time can shadow torch or the frontend.
+    """
+    paths = settings.paths
+    site_dir = str(settings.app_dir / "config" / "comfyui-site")
+    env = dict(inherited)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (site_dir, inherited.get("PYTHONPATH", "")) if p)
+    env["COMFYUI_PACKAGES"] = str(paths.python_packages)
+    env["PIP_TARGET"] = str(paths.python_packages)
+    if settings.comfyui_constraints.is_file():
+        env["PIP_CONSTRAINT"] = str(settings.comfyui_constraints)
+    return env

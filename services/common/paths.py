@@ -103,6 +103,10 @@ class Paths:
         return self.config / "dashboard.password"
 
     @property
+    def comfyui_manager_config(self) -> Path:
+        return self.user / "__manager" / "config.ini"
+
+    @property
     def redis_socket(self) -> Path:
         return self.run_dir / "redis.sock"
 

@@ -50,6 +50,18 @@ class Settings(BaseModel):
     comfyui_listen: str = Field("0.0.0.0", description="Address ComfyUI listens on.")
     comfyui_port: int = _port("ComfyUI's HTTP and WebSocket port.", 8188)
     comfyui_args: str = Field("", description="Extra command-line flags for ComfyUI, shell-quoted.")
+    comfyui_manager: bool = Field(
+        True, description="Start ComfyUI with `--enable-manager` when its ComfyUI-Manager package is installed."
+    )
+    comfyui_constraints: Path = Field(
+        Path("/app/constraints.txt"),
+        description="pip constraints for custom nodes' installs (torch, the frontend): what a node may not change.",
+    )
+    devtools_dir: Path = Field(
+        Path("/app/devtools"), description="JupyterLab and code-server of the dev image; absent elsewhere."
+    )
+    jupyter_port: int = _port("JupyterLab's port (dev image), behind the dashboard password.", 8888)
+    code_server_port: int = _port("code-server's port (dev image), behind the dashboard password.", 8443)
     dashboard_listen: str = Field("0.0.0.0", description="Address the dashboard listens on.")
     dashboard_port: int = _port("The dashboard's port (web pages, `/api`, `/ws`).", 8080)
     dashboard_password: SecretStr | None = Field(

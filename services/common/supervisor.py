@@ -26,11 +26,17 @@ def environment(settings: Settings) -> dict[str, str]:
         "PYTHON": sys.executable,
         "REDIS_SERVER": settings.redis_server,
         "REDIS_CONF": str(paths.redis_conf),
-        "REDIS_AUTOSTART": "true" if settings.local_redis else "false",
+        "REDIS_AUTOSTART": _flag(settings.local_redis),
+        "JUPYTER_AUTOSTART": _flag((settings.devtools_dir / "bin" / "jupyter").exists()),
+        "CODE_SERVER_AUTOSTART": _flag((settings.devtools_dir / "bin" / "code-server").exists()),
         "LOG_MAX_BYTES": str(settings.log_max_bytes),
         "LOG_BACKUPS": str(settings.log_backups),
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -155,11 +155,25 @@ def ensure_secrets(settings: Settings) -> list[str]:
     return notes
 
 
+def write_manager_config(settings: Settings) -> list[str]:
+    """ComfyUI-Manager's settings on the volume, written once: the user's own are never overwritten."""
+    target = settings.paths.comfyui_manager_config
+    if target.exists():
+        return []
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, (settings.app_dir / "config" / "comfyui-manager.ini").read_text())
+    except OSError as exc:
+        raise StepError(f"cannot write {target}: {exc.strerror}. Free space on the volume.") from exc
+    return []
+
+
 STEPS = (
     ("run_dir", prepare_run_dir),
     ("volume", check_volume),
     ("layout", make_layout),
     ("model_paths", write_model_paths),
+    ("manager_config", write_manager_config),
     ("redis_config", write_redis_config),
     ("secrets", ensure_secrets),
 )
