@@ -18,6 +18,8 @@ EVENTS_CHANNEL = "events"
 
 # Celery task names (stable: queued messages outlive a deploy).
 TASK_PING = "worker.ping"
+TASK_DOWNLOAD = "downloads.fetch"
+TASK_RECONCILE = "downloads.reconcile"
 
 # How many crash records are kept.
 CRASH_HISTORY = 200
@@ -26,6 +28,21 @@ CRASH_HISTORY = 200
 def snapshot_key(kind: str) -> str:
     """Hash of the latest event per subject of one kind (pub/sub has no history)."""
     return f"snapshot:{kind}"
+
+
+def download_dedupe_key(folder: str, name: str) -> str:
+    """The job that owns a destination while it is queued or running (dedupe at enqueue)."""
+    return f"downloads:dest:{folder}:{name}"
+
+
+def download_cancel_key(job_id: str) -> str:
+    """Set when a user cancels a running job; the worker polls it."""
+    return f"downloads:cancel:{job_id}"
+
+
+def verified_key(path: str) -> str:
+    """Size, mtime and sha256 of a file already hashed, so a check does not read it again."""
+    return f"verified:{path}"
 
 
 def crashes_key() -> str:
@@ -100,8 +117,59 @@ class HealthState(Event):
         return "_overall"
 
 
+DownloadState = Literal["queued", "running", "verifying", "done", "failed", "cancelled"]
+TERMINAL = ("done", "failed", "cancelled")
+
+
+class DownloadJob(BaseModel):
+    """A download: what to fetch, where to, and how far it got. No token is ever part of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    url: str
+    folder: str
+    filename: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    state: DownloadState = "queued"
+    bytes_done: int = 0
+    total: int | None = None
+    speed: float = 0.0
+    eta: float | None = None
+    error: str | None = None
+    attempts: int = 0
+    resumed_from: int = 0
+    already_present: bool = False
+    created: float = Field(default_factory=time.time)
+    updated: float = Field(default_factory=time.time)
+    finished: float | None = None
+    heartbeat: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+class DownloadEvent(Event):
+    """A download changed state (`download.state`) or made progress (`download.progress`)."""
+
+    kind: ClassVar[str] = "downloads"
+    type: Literal["download.state", "download.progress"] = "download.state"
+    job: DownloadJob
+
+    @property
+    def subject(self) -> str:
+        return self.job.id
+
+
+class DownloadProgress(DownloadEvent):
+    type: Literal["download.progress"] = "download.progress"
+
+
 _EVENT_TYPES: dict[str, type[Event]] = {
-    model.model_fields["type"].default: model for model in (ServiceState, HealthCheck, HealthState)
+    model.model_fields["type"].default: model
+    for model in (ServiceState, HealthCheck, HealthState, DownloadEvent, DownloadProgress)
 }
 
 

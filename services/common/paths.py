@@ -22,6 +22,33 @@ WORKSPACE_DIRS: tuple[str, ...] = (
     "output", "input", "user", "workflows", "custom_nodes", "python", "config", "config/presets", "logs",
 )  # fmt: skip
 
+# Names the download engine writes beside a model; never a model's own name.
+WORK_SUFFIXES = (".part", ".part.json", ".lock")
+
+
+def check_filename(name: str) -> str:
+    """A model file name: one plain path component. Raises ValueError with the reason."""
+    if not name or not name.strip():
+        raise ValueError("the file name is empty")
+    if "/" in name or "\\" in name:
+        raise ValueError(f"{name!r} is a path: give a bare file name")
+    if "\0" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError("the file name contains control characters")
+    if name in (".", "..") or name.startswith("."):
+        raise ValueError(f"{name!r} starts with a dot: hidden and relative names are refused")
+    if len(name.encode()) > 255:
+        raise ValueError("the file name is longer than 255 bytes")
+    if name.endswith(WORK_SUFFIXES):
+        raise ValueError(f"{name!r} ends like the download's own work files ({', '.join(WORK_SUFFIXES)})")
+    return name
+
+
+def check_folder(folder: str) -> str:
+    if folder not in MODEL_FOLDERS:
+        raise ValueError(f"unknown model folder {folder!r}: use one of {', '.join(MODEL_FOLDERS)}")
+    return folder
+
+
 SERVICES: tuple[str, ...] = ("redis", "comfyui", "dashboard", "worker", "health")
 
 

@@ -86,6 +86,43 @@ class Settings(BaseModel):
     )
     hf_token: SecretStr | None = Field(None, description="Hugging Face token, sent only to Hugging Face hosts.")
     civitai_token: SecretStr | None = Field(None, description="Civitai token, sent only to Civitai hosts.")
+    hf_endpoint: str = Field(
+        "https://huggingface.co", description="Hugging Face's address (a mirror may be set); HF_TOKEN goes only here."
+    )
+    civitai_endpoint: str = Field("https://civitai.com", description="Civitai's address; CIVITAI_TOKEN goes only here.")
+    downloads_allow_private_hosts: bool = Field(
+        False, description="Allow downloads from loopback and private addresses (local mirrors, tests)."
+    )
+    downloads_connections: int = Field(
+        16, ge=1, le=64, description="Parallel ranged connections for one large file (CDNs cap each connection)."
+    )
+    downloads_segment_mb: int = Field(32, ge=1, le=1024, description="Size of one ranged segment (MiB).")
+    downloads_min_segmented_mb: int = Field(
+        64, ge=1, description="Files smaller than this (MiB) download over one connection."
+    )
+    downloads_reserve_mb: int = Field(
+        512, ge=0, description="Free space (MiB) a download must leave on the volume; checked before it starts."
+    )
+    downloads_read_timeout: float = Field(
+        30.0, gt=0, le=600, description="Seconds without a byte before a connection counts as stalled."
+    )
+    downloads_retries: int = Field(
+        5, ge=0, le=50, description="Retries of a network error or 5xx within one attempt (with backoff)."
+    )
+    downloads_backoff: float = Field(1.0, ge=0, le=60, description="First retry delay (s); doubles each retry.")
+    downloads_max_attempts: int = Field(
+        5, ge=1, le=100, description="Deliveries of one job (crashes included) before it is marked failed."
+    )
+    downloads_heartbeat_stale: float = Field(
+        90.0, ge=5, description="A running job silent this long (s) is re-queued by the reconciler."
+    )
+    downloads_reconcile_interval: float = Field(60.0, ge=1, description="Seconds between two reconciler runs.")
+    downloads_stale_part_hours: float = Field(
+        24.0, ge=0, description="A `.part` with no job, untouched this long (hours), is deleted."
+    )
+    downloads_history_days: float = Field(7.0, ge=0, description="Days finished downloads stay in the history.")
+    downloads_history_max: int = Field(500, ge=1, description="Most finished downloads kept in the history.")
+    worker_concurrency: int = Field(2, ge=1, le=32, description="Downloads the worker runs at once.")
     redis_url: str | None = Field(
         None,
         description="An external Redis (`redis://host:6379/0`); when set, no local redis program runs.",

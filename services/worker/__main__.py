@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
+import kombu.exceptions
+import redis
+
+from services.common import messages
 from services.common.logs import setup_logging
-from services.common.settings import SettingsError, load_settings
+from services.common.queue import client as celery_client
+from services.common.settings import Settings, SettingsError, load_settings
 from services.worker.app import create_celery
 
 log = logging.getLogger("worker")
+
+
+def reconcile_timer(settings: Settings, stop: threading.Event) -> None:
+    """Queue the reconciler at start and then on an interval (it runs in a pool process like any task)."""
+    app = celery_client(settings)
+    delay = 1.0
+    while not stop.wait(delay):
+        try:
+            app.send_task(messages.TASK_RECONCILE)
+            delay = settings.downloads_reconcile_interval
+        except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
+            log.warning("cannot queue the reconciler yet: %s", exc)
+            delay = 5.0
 
 
 def main() -> int:
@@ -21,10 +40,15 @@ def main() -> int:
         return 2
     logging.getLogger().setLevel(settings.log_level)
     app = create_celery(settings)
-    app.worker_main(
-        ["worker", "--pool=prefork", "--concurrency=2", f"--loglevel={settings.log_level}",
-         "--hostname=worker@%h", "--without-mingle", "--without-gossip"]
-    )  # fmt: skip
+    stop = threading.Event()
+    threading.Thread(target=reconcile_timer, args=(settings, stop), name="reconcile-timer", daemon=True).start()
+    try:
+        app.worker_main(
+            ["worker", "--pool=prefork", f"--concurrency={settings.worker_concurrency}",
+             f"--loglevel={settings.log_level}", "--hostname=worker@%h", "--without-mingle", "--without-gossip"]
+        )  # fmt: skip
+    finally:
+        stop.set()
     return 0
 
 

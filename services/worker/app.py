@@ -1,23 +1,59 @@
-"""The worker's Celery app and its tasks (each thin: validate, call a plain function)."""
+"""The worker's Celery app and its tasks: each validates its payload and calls a plain function."""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import socket
 import time
 
 from celery import Celery
 
-from services.common import messages
+from services.common import bus, messages
 from services.common.queue import celery_config
 from services.common.settings import Settings
+from services.worker import reconcile, runner
+
+log = logging.getLogger("worker")
+
+_JOB_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("comfyui-docker", set_as_current=True)
     app.conf.update(celery_config(settings))
+    app.conf.worker_concurrency = settings.worker_concurrency
+    clients: dict[int, object] = {}
+
+    def client():  # noqa: ANN202 - one Redis client per (forked) process
+        pid = os.getpid()
+        if pid not in clients:
+            clients.clear()
+            clients[pid] = bus.connect(settings, timeout=10)
+        return clients[pid]
 
     @app.task(name=messages.TASK_PING, acks_late=False)
     def ping(sent_at: float) -> dict:
         """The health service's round trip: proves the worker still consumes from the queue."""
         return {"sent_at": sent_at, "seen_at": time.time()}
+
+    @app.task(name=messages.TASK_DOWNLOAD, bind=True, acks_late=True, reject_on_worker_lost=True,
+              ignore_result=True)  # fmt: skip
+    def fetch(self, job_id: str) -> None:
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            log.error("ignored a download task with a malformed job id")
+            return
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        wait = runner.run(settings, client(), job_id, owner)
+        if wait is not None:
+            raise self.retry(countdown=wait, max_retries=None)
+
+    @app.task(name=messages.TASK_RECONCILE, acks_late=False, ignore_result=True)
+    def reconcile_task() -> dict:
+        counts = reconcile.run(settings, client(), lambda job_id: fetch.delay(job_id))
+        if any(counts.values()):
+            log.info("reconciled: %s", counts)
+        return counts
 
     return app

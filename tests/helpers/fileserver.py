@@ -1,14 +1,16 @@
 """A real HTTP file server on 127.0.0.1 with Range, If-Range and ETag, and faults switched on per file.
 
-Faults (FileServer.fault(name, **kw)): stall_after=N bytes (then hang stall_seconds), reset_after=N bytes
-(close the connection), ignore_range=True (answer 200 with the whole body), wrong_bytes=True (flip one
-byte), status=401|403|404|500 (answer that status), redirect_to=URL (302 there). Changing a file's
-content changes its ETag. Every request is recorded (method, path, headers) for assertions.
+Faults (FileServer.fault(name, **kw)): stall_after=N (at byte N of the file, hang stall_seconds, then
+close or, with stall_resume, go on), reset_after=N (at byte N of the file, drop the connection),
+ignore_range=True (answer 200 with the whole body), wrong_bytes=True (flip one byte),
+status=401|403|404|500 (answer that status), redirect_to=URL (302 there); times=N limits a fault to
+the first N requests it fires on. Changing a file's content changes its ETag. Every request is recorded (method, path, headers) for assertions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import socket
 import threading
@@ -21,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Fault:
     stall_after: int | None = None
     stall_seconds: float = 30.0
+    stall_resume: bool = False  # after the stall, go on sending instead of closing
     reset_after: int | None = None
     ignore_range: bool = False
     wrong_bytes: bool = False
@@ -43,6 +46,7 @@ class FileServer:
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.files: dict[str, Served] = {}
         self.faults: dict[str, Fault] = {}
+        self.redirects: dict[str, tuple[str, dict[str, str]]] = {}
         self.requests: list[dict] = []
         self.bytes_sent = 0
         self._lock = threading.Lock()
@@ -63,6 +67,14 @@ class FileServer:
         self.files[name] = Served(data, headers=dict(headers or {}))
         return self.url(name)
 
+    def redirect(self, name: str, location: str, headers: dict[str, str] | None = None) -> str:
+        """`name` answers 302 to `location` (with extra headers, as Hugging Face sends hashes)."""
+        self.redirects[name] = (location, dict(headers or {}))
+        return self.url(name)
+
+    def add_json(self, name: str, payload: object) -> str:
+        return self.add(name, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+
     def fault(self, name: str, **kwargs: object) -> None:
         self.faults[name] = Fault(**kwargs)
 
@@ -78,16 +90,16 @@ class FileServer:
         self.httpd.server_close()
 
     def _take_fault(self, name: str) -> Fault | None:
+        """The fault for `name`, if any; it counts against `times` only when it fires (see _fired)."""
         with self._lock:
-            fault = self.faults.get(name)
-            if fault is None:
-                return None
+            return self.faults.get(name)
+
+    def _fired(self, name: str, fault: Fault) -> None:
+        with self._lock:
             if fault.times is not None:
                 fault.times -= 1
-                if fault.times < 0:
+                if fault.times <= 0 and self.faults.get(name) is fault:
                     del self.faults[name]
-                    return None
-            return fault
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -109,11 +121,22 @@ class FileServer:
                 server.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
                 fault = server._take_fault(name)
                 if fault and fault.status:
+                    server._fired(name, fault)
                     self._plain(fault.status, f"fault {fault.status}\n".encode())
                     return
                 if fault and fault.redirect_to:
+                    server._fired(name, fault)
                     self.send_response(302)
                     self.send_header("Location", fault.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if name in server.redirects:
+                    location, extra = server.redirects[name]
+                    self.send_response(302)
+                    self.send_header("Location", location)
+                    for key, value in extra.items():
+                        self.send_header(key, value)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -123,11 +146,14 @@ class FileServer:
                     return
                 data = served.data
                 if fault and fault.wrong_bytes and data:
+                    server._fired(name, fault)
                     middle = len(data) // 2
                     data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
                 start, end, partial = 0, len(data) - 1, False
                 range_header = self.headers.get("Range")
                 if_range = self.headers.get("If-Range")
+                if range_header and fault and fault.ignore_range:
+                    server._fired(name, fault)
                 if range_header and not (fault and fault.ignore_range) and (if_range in (None, served.etag)):
                     match = re.fullmatch(r"bytes=(\d*)-(\d*)", range_header.strip())
                     if match and (match.group(1) or match.group(2)):
@@ -146,7 +172,8 @@ class FileServer:
                         partial = True
                 body = data[start : end + 1]
                 self.send_response(206 if partial else 200)
-                self.send_header("Content-Type", "application/octet-stream")
+                if "Content-Type" not in served.headers:
+                    self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("ETag", served.etag)
                 self.send_header("Content-Length", str(len(body)))
@@ -157,15 +184,22 @@ class FileServer:
                 self.end_headers()
                 if head:
                     return
-                self._write(body, fault)
+                self._write(body, fault, name, start)
 
-            def _write(self, body: bytes, fault: Fault | None) -> None:
+            def _write(self, body: bytes, fault: Fault | None, name: str, start: int) -> None:
+                # Faults sit at a byte of the file: a ranged request that starts past it never meets it.
+                reset_at = stall_at = None
+                if fault and fault.reset_after is not None and 0 < fault.reset_after - start < len(body):
+                    reset_at = fault.reset_after - start
+                if fault and fault.stall_after is not None and 0 < fault.stall_after - start < len(body):
+                    stall_at = fault.stall_after - start
                 sent = 0
                 chunk = 64 * 1024
                 while sent < len(body):
                     piece = body[sent : sent + chunk]
-                    if fault and fault.reset_after is not None and sent + len(piece) > fault.reset_after:
-                        piece = piece[: max(0, fault.reset_after - sent)]
+                    if reset_at is not None and sent + len(piece) > reset_at:
+                        server._fired(name, fault)
+                        piece = piece[: max(0, reset_at - sent)]
                         self.wfile.write(piece)
                         server.bytes_sent += len(piece)
                         self.wfile.flush()
@@ -176,14 +210,19 @@ class FileServer:
                         self.close_connection = True
                         self.connection.close()
                         return
-                    if fault and fault.stall_after is not None and sent + len(piece) > fault.stall_after:
-                        piece = piece[: max(0, fault.stall_after - sent)]
+                    if stall_at is not None and sent + len(piece) > stall_at:
+                        server._fired(name, fault)
+                        piece = piece[: max(0, stall_at - sent)]
                         self.wfile.write(piece)
                         server.bytes_sent += len(piece)
                         self.wfile.flush()
                         time.sleep(fault.stall_seconds)
-                        self.close_connection = True
-                        return
+                        if not fault.stall_resume:
+                            self.close_connection = True
+                            return
+                        sent += len(piece)
+                        stall_at = None
+                        continue
                     try:
                         self.wfile.write(piece)
                     except (BrokenPipeError, ConnectionResetError):

@@ -1,0 +1,112 @@
+"""HTTP for downloads: redirects followed by hand, each hop checked, the token sent only to its own host."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+
+from services.common import netsafe
+
+MAX_REDIRECTS = 10
+USER_AGENT = "comfyui-docker-downloader/1"
+
+
+class DownloadError(Exception):
+    """The download cannot succeed as asked; the message says what to do. Never holds a token."""
+
+
+class TransientError(Exception):
+    """A network error or a server error: worth another try, keeping what was written."""
+
+
+def shown(url: str) -> str:
+    """A URL fit for a message or a log: host and path only (signed query strings stay out)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{parts.path}"
+
+
+@dataclass
+class Credential:
+    host: str
+    token: str
+
+    def headers_for(self, url: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if urlsplit(url).hostname == self.host else {}
+
+
+@dataclass
+class Opened:
+    response: urllib3.BaseHTTPResponse
+    url: str  # the final URL, after redirects
+    first_headers: dict[str, str] = field(default_factory=dict)  # the first hop's headers (HF puts hashes there)
+
+
+class Http:
+    def __init__(self, allow_private: bool, read_timeout: float, connections: int) -> None:
+        self.allow_private = allow_private
+        self.pool = urllib3.PoolManager(
+            num_pools=8,
+            maxsize=connections + 2,
+            retries=False,
+            timeout=urllib3.Timeout(connect=10.0, read=read_timeout),
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        )
+
+    def open(self, url: str, headers: dict[str, str] | None = None, credential: Credential | None = None,
+             ) -> Opened:  # fmt: skip
+        """GET `url`, following redirects one hop at a time; the body is left unread."""
+        first: dict[str, str] | None = None
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                netsafe.check_url(url, self.allow_private)
+            except netsafe.UnsafeUrl as exc:
+                raise DownloadError(f"refused to connect to {shown(url)}: {exc}") from None
+            hop = dict(headers or {})
+            if credential:
+                hop.update(credential.headers_for(url))
+            try:
+                response = self.pool.request("GET", url, headers=hop, preload_content=False, redirect=False)
+            except urllib3.exceptions.HTTPError as exc:
+                raise TransientError(f"{shown(url)}: {type(exc).__name__}: {_reason(exc)}") from None
+            if first is None:
+                first = {k.lower(): v for k, v in response.headers.items()}
+            if response.status in (301, 302, 303, 307, 308) and "location" in response.headers:
+                location = urljoin(url, response.headers["location"])
+                response.drain_conn()
+                response.release_conn()
+                url = location
+                continue
+            return Opened(response, url, first)
+        raise DownloadError(f"more than {MAX_REDIRECTS} redirects from {shown(url)}")
+
+    def get_json(self, url: str, credential: Credential | None = None) -> object:
+        opened = self.open(url, {"Accept": "application/json"}, credential)
+        response = opened.response
+        try:
+            raise_for_status(response.status, opened.url)
+            return json.loads(response.read())
+        except ValueError:
+            raise DownloadError(f"{shown(url)} did not answer JSON") from None
+        finally:
+            response.release_conn()
+
+
+def raise_for_status(status: int, url: str) -> None:
+    if status in (200, 206):
+        return
+    if status == 404:
+        raise DownloadError(f"not found (404) at {shown(url)}: check the URL")
+    if status in (401, 403):
+        raise DownloadError(f"access refused ({status}) by {shown(url)}")
+    if status == 429 or status >= 500:
+        raise TransientError(f"{shown(url)} answered {status}")
+    raise DownloadError(f"{shown(url)} answered {status}")
+
+
+def _reason(exc: Exception) -> str:
+    # urllib3 puts the whole URL in some messages; keep only the reason.
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc).split("(Caused by", 1)[0].strip()

@@ -1,0 +1,126 @@
+"""Running one download job: its state in Redis around a call to the engine. Plain functions, no Celery."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import redis
+
+from services.common import jobs, messages
+from services.common.messages import DownloadJob
+from services.common.settings import Settings
+from services.worker import engine
+from services.worker.http import DownloadError
+
+log = logging.getLogger("worker.runner")
+
+BUSY_RETRY_SECONDS = 30
+
+
+class RedisHashCache(engine.HashCache):
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def get(self, path: Path, size: int, mtime_ns: int) -> str | None:
+        try:
+            raw = self.client.get(messages.verified_key(str(path)))
+            data = json.loads(raw) if raw else None
+        except (redis.RedisError, ValueError):
+            return None
+        if data and data.get("size") == size and data.get("mtime_ns") == mtime_ns:
+            return data.get("sha256")
+        return None
+
+    def put(self, path: Path, size: int, mtime_ns: int, sha256: str) -> None:
+        payload = json.dumps({"size": size, "mtime_ns": mtime_ns, "sha256": sha256})
+        try:
+            self.client.set(messages.verified_key(str(path)), payload, ex=30 * 86400)
+        except redis.RedisError:
+            pass  # only a cache: the next check hashes the file again
+
+
+def _save(client: redis.Redis, job: DownloadJob, progress: bool = False) -> None:
+    """Publish the job's state; a Redis outage must not stop the bytes from flowing."""
+    try:
+        jobs.save(client, job, progress)
+    except redis.RedisError as exc:
+        log.warning("job %s: cannot record state %s (Redis unavailable: %s)", job.id, job.state, exc)
+
+
+def _finish(client: redis.Redis, job: DownloadJob, state: str, error: str | None = None) -> None:
+    job.state, job.error, job.finished, job.speed, job.eta = state, error, time.time(), 0.0, None
+    _save(client, job)
+    try:
+        jobs.release(client, job)
+        client.delete(messages.download_cancel_key(job.id))
+    except redis.RedisError:
+        pass
+
+
+def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> float | None:
+    """Run one delivery of a job. Returns seconds to wait before another delivery, or None when done."""
+    job = jobs.get(client, job_id)
+    if job is None:
+        log.warning("job %s is unknown (Redis lost it?): the reconciler rebuilds it from its .part", job_id)
+        return None
+    if job.terminal:
+        return None  # a late or duplicate delivery of a finished job
+    if job.filename:
+        holder = engine.live_holder(settings.paths, job.folder, job.filename, settings.downloads_heartbeat_stale)
+        if holder and holder.endswith(f":{job.id}"):
+            log.info("job %s: already running in %s; this delivery is a duplicate", job.id, holder)
+            return None
+    if jobs.cancel_requested(client, job.id):
+        _finish(client, job, "cancelled")
+        return None
+    job.attempts += 1
+    if job.attempts > settings.downloads_max_attempts:
+        _finish(client, job, "failed", f"stopped after {job.attempts - 1} attempts that each ended the worker"
+                                       " process: see the worker log")  # fmt: skip
+        return None
+    job.state, job.error, job.heartbeat = "running", None, time.time()
+    _save(client, job)
+
+    def on_progress(progress: engine.Progress) -> None:
+        job.bytes_done, job.total, job.speed, job.eta = progress.bytes_done or job.bytes_done, progress.total, \
+            progress.speed, progress.eta  # fmt: skip
+        job.state = "verifying" if progress.state == "verifying" else "running"
+        job.heartbeat = time.time()
+        _save(client, job, progress=True)
+
+    def on_resolved(filename: str, total: int | None) -> None:
+        job.filename, job.total = filename, total
+        _save(client, job)
+
+    def cancelled() -> bool:
+        try:
+            return jobs.cancel_requested(client, job.id)
+        except redis.RedisError:
+            return False
+
+    request = engine.Request(job.id, job.url, job.folder, job.filename, job.sha256, job.size)
+    ctx = engine.Context(settings, on_progress, on_resolved, cancelled, RedisHashCache(client),
+                         owner=owner)  # fmt: skip
+    try:
+        outcome = engine.fetch(request, ctx)
+    except engine.Busy as exc:
+        log.info("job %s: %s; trying again in %d s", job.id, exc, BUSY_RETRY_SECONDS)
+        job.state, job.error = "queued", f"waiting: {exc}"
+        _save(client, job)
+        return BUSY_RETRY_SECONDS
+    except engine.Cancelled:
+        _finish(client, job, "cancelled")
+        return None
+    except DownloadError as exc:
+        log.warning("job %s failed: %s", job.id, exc)
+        _finish(client, job, "failed", str(exc))
+        return None
+    job.sha256, job.bytes_done, job.total = outcome.sha256, outcome.size, outcome.size
+    job.already_present, job.resumed_from = outcome.already_present, outcome.resumed_from
+    _finish(client, job, "done")
+    log.info("job %s done: %s (%d bytes, %d fetched, resumed from %d)", job.id, outcome.path, outcome.size,
+             outcome.fetched, outcome.resumed_from)  # fmt: skip
+    return None
