@@ -4,7 +4,8 @@ Faults (FileServer.fault(name, **kw)): stall_after=N (at byte N of the file, han
 close or, with stall_resume, go on), reset_after=N (at byte N of the file, drop the connection),
 ignore_range=True (answer 200 with the whole body), wrong_bytes=True (flip one byte),
 status=401|403|404|500 (answer that status), redirect_to=URL (302 there); times=N limits a fault to
-the first N requests it fires on. Changing a file's content changes its ETag. Every request is recorded (method, path, headers) for assertions.
+the first N requests it fires on. Changing a file's content changes its ETag. Every request is
+recorded (method, path, headers) for assertions.
 """
 
 from __future__ import annotations
