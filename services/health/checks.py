@@ -18,7 +18,7 @@ import celery.exceptions
 import kombu.exceptions
 import redis
 
-from services.common import bus, gpu, messages, modelpaths, queue, supervisor
+from services.common import bus, gpu, jobs, messages, modelpaths, queue, supervisor
 from services.common.paths import MODEL_FOLDERS, SERVICES
 from services.common.settings import Settings
 
@@ -162,6 +162,10 @@ def check_worker(settings: Settings, timeout: float = 5.0) -> Result:
         reply.get(timeout=timeout)
         reply.forget()
     except celery.exceptions.TimeoutError:
+        busy = _busy_downloads(settings)
+        if busy:
+            # Every worker process is on a download; their fresh heartbeats prove the worker consumes.
+            return Result("worker", "ok", f"busy: {busy} download(s) running, no process free for the no-op task")
         return Result("worker", "fail", f"no worker took a no-op task within {timeout:.0f} s: see the worker log")
     except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
         return Result("worker", "fail", f"cannot reach the queue: {exc}")
@@ -169,6 +173,14 @@ def check_worker(settings: Settings, timeout: float = 5.0) -> Result:
         app.close()
     rtt = (time.time() - sent) * 1000
     return Result("worker", "ok", f"no-op task round trip {rtt:.0f} ms", data={"round_trip_ms": rtt})
+
+
+def _busy_downloads(settings: Settings) -> int:
+    try:
+        running = [j for j in jobs.all_jobs(bus.connect(settings, timeout=2)) if j.state in ("running", "verifying")]
+    except (redis.RedisError, OSError):
+        return 0
+    return sum(1 for j in running if time.time() - (j.heartbeat or 0) < 30)
 
 
 def _http_get(url: str, timeout: float) -> tuple[int, bytes]:

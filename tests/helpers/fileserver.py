@@ -2,7 +2,8 @@
 
 Faults (FileServer.fault(name, **kw)): stall_after=N (at byte N of the file, hang stall_seconds, then
 close or, with stall_resume, go on), reset_after=N (at byte N of the file, drop the connection),
-ignore_range=True (answer 200 with the whole body), wrong_bytes=True (flip one byte),
+ignore_range=True (answer 200 with the whole body), wrong_bytes=True (flip one byte), rate=N (send
+at most N bytes/s per connection),
 status=401|403|404|500 (answer that status), redirect_to=URL (302 there); times=N limits a fault to
 the first N requests it fires on. Changing a file's content changes its ETag. Every request is
 recorded (method, path, headers) for assertions.
@@ -31,6 +32,7 @@ class Fault:
     status: int | None = None
     redirect_to: str | None = None
     times: int | None = None  # how many requests it affects; None: all
+    rate: int | None = None  # bytes per second, per connection (a slow CDN); never "fires"
 
 
 @dataclass
@@ -196,7 +198,12 @@ class FileServer:
                     stall_at = fault.stall_after - start
                 sent = 0
                 chunk = 64 * 1024
+                began = time.monotonic()
                 while sent < len(body):
+                    if fault and fault.rate:
+                        ahead = sent / fault.rate - (time.monotonic() - began)
+                        if ahead > 0:
+                            time.sleep(ahead)
                     piece = body[sent : sent + chunk]
                     if reset_at is not None and sent + len(piece) > reset_at:
                         server._fired(name, fault)

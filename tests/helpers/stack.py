@@ -71,8 +71,9 @@ class Stack:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def rpc(self) -> xmlrpc.client.ServerProxy:
-        return supervisor.rpc(self.settings)
+    def rpc(self, timeout: float = 60) -> xmlrpc.client.ServerProxy:
+        # stopProcess answers only once the program is down: the worker's soft shutdown takes seconds.
+        return supervisor.rpc(self.settings, timeout=timeout)
 
     def states(self) -> dict[str, dict]:
         return {info["name"]: info for info in self.rpc().supervisor.getAllProcessInfo()}

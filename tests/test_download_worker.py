@@ -1,0 +1,294 @@
+"""Downloads through the real stack: the Celery task by name, a real worker under supervisord, real Redis.
+
+Crash safety (RELIABILITY.md rows A and B): no job lost, one completion, resumes fetch only what is
+missing, and the token never leaves the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from services.common import bus, jobs, messages, queue
+from tests.helpers.fileserver import FileServer
+from tests.helpers.procs import wait_for
+from tests.helpers.stack import Stack
+
+pytestmark = pytest.mark.timeout(300)
+
+MIB = 1024 * 1024
+SENTINEL = "hf_SENTINEL_worker_never_print"
+
+
+def blob(size: int, seed: int) -> bytes:
+    block = hashlib.sha256(str(seed).encode()).digest() * 2048
+    return (block * (size // len(block) + 1))[:size]
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = FileServer().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, server):
+    stack = Stack(
+        tmp_path_factory.mktemp("dl"),
+        DOWNLOADS_ALLOW_PRIVATE_HOSTS="1", DOWNLOADS_BACKOFF="0.2", DOWNLOADS_RETRIES="3",
+        DOWNLOADS_READ_TIMEOUT="3", DOWNLOADS_HEARTBEAT_STALE="6", DOWNLOADS_RECONCILE_INTERVAL="2",
+        DOWNLOADS_MIN_SEGMENTED_MB="2", DOWNLOADS_SEGMENT_MB="1", DOWNLOADS_CONNECTIONS="2",
+        DOWNLOADS_RESERVE_MB="0", DOWNLOADS_MAX_ATTEMPTS="3", WORKER_CONCURRENCY="2",
+        HF_ENDPOINT=f"http://localhost:{server.port}", HF_TOKEN=SENTINEL,  # generic files stay on 127.0.0.1
+    )  # fmt: skip
+    stack.start()
+    stack.wait_running()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def client(stack):
+    return bus.connect(stack.settings)
+
+
+def submit(stack, client, url: str, folder: str = "checkpoints", filename: str | None = None,
+           sha256: str | None = None) -> messages.DownloadJob:  # fmt: skip
+    job, created = jobs.submit(stack.settings, client, url, folder, filename, sha256)
+    assert created
+    return job
+
+
+def wait_state(client, job_id: str, states: tuple[str, ...], timeout: float = 60) -> messages.DownloadJob:
+    return wait_for(
+        lambda: (j := jobs.get(client, job_id)) and j.state in states and j,
+        timeout,
+        0.1,
+        what=f"job {job_id} in {states} (now {getattr(jobs.get(client, job_id), 'state', None)})",
+    )
+
+
+def task_pid(stack, folder: str, filename: str) -> int:
+    """The pid writing a destination, from its lock file (the engine records its owner there)."""
+    lock = stack.settings.paths.models / folder / f"{filename}.lock"
+    return wait_for(lambda: json.loads(lock.read_text())["pid"], 20, what=f"{lock} taken")
+
+
+def stalled_file(server, name: str, size: int, at: int, seed: int, seconds: float = 30) -> tuple[str, bytes]:
+    data = blob(size, seed)
+    url = server.add(name, data)
+    # Off the 1 MiB segment boundaries, so the stall falls inside a ranged response.
+    server.fault(name, stall_after=at + 123_456, stall_seconds=seconds, stall_resume=True, times=1)
+    return url, data
+
+
+def test_queued_download_lands_verified_and_comfyui_lists_it(stack, server, client):
+    data = blob(3 * MIB, 1)
+    url = server.add("e2e/model.safetensors", data)
+    events: list[messages.Event] = []
+    listening = threading.Event()
+
+    def listen():
+        for event in bus.listen(bus.connect(stack.settings), timeout=0.1):
+            listening.set()
+            if isinstance(event, messages.DownloadEvent):
+                events.append(event)
+                if event.job.state in messages.TERMINAL:
+                    return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    listening.wait(5)
+    job = submit(stack, client, url, sha256=hashlib.sha256(data).hexdigest())
+    done = wait_state(client, job.id, messages.TERMINAL)
+    assert done.state == "done", done.error
+    assert done.filename == "model.safetensors" and done.bytes_done == len(data)
+    s = stack.settings
+    assert (s.paths.models / "checkpoints" / "model.safetensors").read_bytes() == data
+    port = s.comfyui_port
+    listed = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/models/checkpoints", timeout=5).read())
+    assert "model.safetensors" in listed
+    thread.join(10)
+    assert [e.job.state for e in events][-1] == "done"
+    # Enqueueing the same destination again while done: a new job that finds the file already there.
+    again, created = jobs.submit(s, client, url, "checkpoints")
+    assert created and wait_state(client, again.id, messages.TERMINAL).already_present
+
+
+def test_duplicate_enqueue_returns_the_running_job(stack, server, client):
+    url, _ = stalled_file(server, "dup.bin", 2 * MIB, MIB, seed=2, seconds=3)
+    first = submit(stack, client, url, filename="dup.bin")
+    second, created = jobs.submit(stack.settings, client, url, "checkpoints", "dup.bin")
+    assert not created and second.id == first.id
+    assert wait_state(client, first.id, messages.TERMINAL).state == "done"
+
+
+def test_a1_kill_9_of_the_task_process_resumes_from_the_part(stack, server, client):
+    url, data = stalled_file(server, "a1.bin", 6 * MIB, 4 * MIB, seed=3)
+    job = submit(stack, client, url, filename="a1.bin", sha256=hashlib.sha256(data).hexdigest())
+    pid = task_pid(stack, "checkpoints", "a1.bin")
+    wait_for(lambda: (j := jobs.get(client, job.id)) and j.bytes_done >= 3 * MIB, 20, what="progress")
+    time.sleep(2.2)  # let a manifest save record the progress
+    os.kill(pid, signal.SIGKILL)
+    done = wait_state(client, job.id, messages.TERMINAL, timeout=90)
+    assert done.state == "done", done.error
+    assert done.resumed_from >= 2 * MIB and done.attempts == 2
+    assert (stack.settings.paths.models / "checkpoints" / "a1.bin").read_bytes() == data
+
+
+def test_a3_duplicate_delivery_while_the_first_runs_is_a_no_op(stack, server, client):
+    url, data = stalled_file(server, "a3.bin", 3 * MIB, 2 * MIB, seed=4, seconds=4)
+    job = submit(stack, client, url, filename="a3.bin")
+    task_pid(stack, "checkpoints", "a3.bin")
+    jobs.send(stack.settings, job.id)  # what a visibility-timeout redelivery looks like to the task
+    done = wait_state(client, job.id, messages.TERMINAL)
+    assert done.state == "done" and done.attempts == 1
+    time.sleep(1)
+    assert jobs.get(client, job.id).state == "done"
+    assert (stack.settings.paths.models / "checkpoints" / "a3.bin").read_bytes() == data
+
+
+def test_a6_cancel_running_and_queued(stack, server, client):
+    folder = stack.settings.paths.models / "checkpoints"
+    busy = [stalled_file(server, f"busy{i}.bin", 3 * MIB, MIB, seed=10 + i, seconds=20) for i in range(2)]
+    running = [submit(stack, client, url, filename=f"busy{i}.bin") for i, (url, _) in enumerate(busy)]
+    for i in range(2):
+        task_pid(stack, "checkpoints", f"busy{i}.bin")
+    url, _ = stalled_file(server, "queued.bin", MIB, 10, seed=12)
+    queued = submit(stack, client, url, filename="queued.bin")
+    assert jobs.get(client, queued.id).state == "queued"
+    assert jobs.cancel(client, queued.id).state == "cancelled"
+    asked = time.monotonic()
+    jobs.cancel(client, running[0].id)
+    wait_state(client, running[0].id, ("cancelled",), timeout=10)
+    latency = time.monotonic() - asked
+    assert latency < 2.0, latency
+    assert not (folder / "busy0.bin.part").exists() and not (folder / "busy0.bin").exists()
+    jobs.cancel(client, running[1].id)
+    wait_state(client, running[1].id, ("cancelled",), timeout=10)
+    time.sleep(1)  # the cancelled queued job's task runs now and must stay a no-op
+    assert jobs.get(client, queued.id).state == "cancelled" and not (folder / "queued.bin").exists()
+
+
+def test_a5_a_job_that_always_crashes_stops_after_n_attempts(stack, server, client):
+    url, _ = stalled_file(server, "crash.bin", 3 * MIB, MIB, seed=5)
+    server.fault("crash.bin", stall_after=MIB + 123_456, stall_seconds=30, stall_resume=True)  # every attempt
+    other_url = server.add("fine.bin", blob(100_000, 6))
+    job = submit(stack, client, url, filename="crash.bin")
+    seen = set()
+    for _ in range(3):  # DOWNLOADS_MAX_ATTEMPTS=3
+        pid = wait_for(lambda: (p := task_pid(stack, "checkpoints", "crash.bin")) not in seen and p, 60)
+        seen.add(pid)
+        wait_for(lambda: (j := jobs.get(client, job.id)) and j.state == "running", 10)
+        os.kill(pid, signal.SIGKILL)
+    failed = wait_state(client, job.id, messages.TERMINAL, timeout=60)
+    assert failed.state == "failed" and "stopped after 3 attempts" in failed.error
+    fine = submit(stack, client, other_url, filename="fine.bin")
+    assert wait_state(client, fine.id, messages.TERMINAL).state == "done"
+    server.clear_faults()
+
+
+def test_a2_kill_9_of_the_whole_worker_is_recovered_by_the_reconciler(stack, server, client):
+    url, data = stalled_file(server, "a2.bin", 5 * MIB, 3 * MIB, seed=7)
+    job = submit(stack, client, url, filename="a2.bin")
+    task_pid(stack, "checkpoints", "a2.bin")
+    wait_for(lambda: (j := jobs.get(client, job.id)) and j.bytes_done >= 2 * MIB, 20)
+    main = stack.states()["worker"]["pid"]
+    children = [int(p) for p in open(f"/proc/{main}/task/{main}/children").read().split()]
+    killed_at = time.monotonic()
+    for pid in [main, *children]:
+        os.kill(pid, signal.SIGKILL)
+    done = wait_state(client, job.id, messages.TERMINAL, timeout=120)
+    recovery = time.monotonic() - killed_at
+    assert done.state == "done", done.error
+    assert (stack.settings.paths.models / "checkpoints" / "a2.bin").read_bytes() == data
+    print(f"A2 recovery {recovery:.1f} s")
+
+
+def test_a4_stopping_the_worker_requeues_and_resumes(stack, server, client):
+    data = blob(4 * MIB, 8)
+    url = server.add("a4.bin", data)
+    server.fault("a4.bin", rate=200_000)  # ~20 s: still running when the soft shutdown ends
+    job = submit(stack, client, url, filename="a4.bin")
+    task_pid(stack, "checkpoints", "a4.bin")
+    wait_for(lambda: (j := jobs.get(client, job.id)) and j.bytes_done >= MIB, 20)
+    begin = time.monotonic()
+    stack.rpc().supervisor.stopProcess("worker")
+    stop_seconds = time.monotonic() - begin
+    assert stop_seconds < 15, stop_seconds
+    assert "Restoring 1 unacknowledged message" in stack.settings.paths.log_file("worker").read_text()
+    server.clear_faults()
+    stack.rpc().supervisor.startProcess("worker")
+    done = wait_state(client, job.id, messages.TERMINAL, timeout=60)
+    assert done.state == "done" and done.resumed_from > 0
+    assert (stack.settings.paths.models / "checkpoints" / "a4.bin").read_bytes() == data
+
+
+def test_b1_redis_killed_mid_download(stack, server, client):
+    url, data = stalled_file(server, "b1.bin", 4 * MIB, 2 * MIB, seed=9, seconds=4)
+    job = submit(stack, client, url, filename="b1.bin")
+    task_pid(stack, "checkpoints", "b1.bin")
+    os.kill(stack.states()["redis"]["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    stack.wait_running(("redis",))
+    app = queue.client(stack.settings)
+
+    def round_trip() -> bool:
+        reply = app.send_task(messages.TASK_PING, args=[time.time()])
+        try:
+            return bool(reply.get(timeout=2))
+        finally:
+            reply.forget()
+
+    wait_for(round_trip, 60, 0.5, what="the worker consuming again")
+    print(f"B1 worker consuming again after {time.monotonic() - killed:.1f} s")
+    app.close()
+    path = stack.settings.paths.models / "checkpoints" / "b1.bin"
+    wait_for(lambda: path.exists(), 60, what="the download finishing despite Redis")
+    assert path.read_bytes() == data
+    done = wait_for(lambda: jobs.get(bus.connect(stack.settings), job.id), 30, what="the job recorded again")
+    assert done.state == "done"
+
+
+def test_b2_redis_losing_everything_is_rebuilt_from_manifests(stack, server, client):
+    data = blob(4 * MIB, 13)
+    url = server.add("b2.bin", data)
+    server.fault("b2.bin", rate=200_000)
+    job = submit(stack, client, url, filename="b2.bin")
+    task_pid(stack, "checkpoints", "b2.bin")
+    time.sleep(2.5)  # a manifest on the volume
+    stack.rpc().supervisor.stopProcess("worker")
+    client.flushall()
+    server.clear_faults()
+    stack.rpc().supervisor.startProcess("worker")
+    rebuilt = wait_for(lambda: jobs.get(client, job.id), 30, what="the job rebuilt from its manifest")
+    assert rebuilt.url == url and rebuilt.filename == "b2.bin"
+    assert wait_state(client, job.id, messages.TERMINAL).state == "done"
+    assert (stack.settings.paths.models / "checkpoints" / "b2.bin").read_bytes() == data
+
+
+def test_failures_reach_the_job_with_a_message_and_no_token(stack, server, client):
+    server.add("org/gated/resolve/main/g.safetensors", b"x")
+    server.fault("org/gated/resolve/main/g.safetensors", status=403)
+    job = submit(stack, client, f"http://localhost:{server.port}/org/gated/resolve/main/g.safetensors", folder="loras")
+    failed = wait_state(client, job.id, messages.TERMINAL)
+    assert failed.state == "failed" and "accept the licence" in failed.error
+    hf_requests = [r for r in server.requests if r["path"].startswith("/org/gated")]
+    assert hf_requests[-1]["headers"]["Authorization"] == f"Bearer {SENTINEL}"
+    # The token is nowhere but the environment: not in Redis, not in a log, not in a task message.
+    for key in client.keys("*"):
+        kind = client.type(key)
+        values = {"string": lambda k: [client.get(k)], "hash": lambda k: list(client.hgetall(k).values()),
+                  "list": lambda k: client.lrange(k, 0, -1)}.get(kind, lambda k: [])(key)  # fmt: skip
+        assert not any(SENTINEL in str(v) for v in values), key
+    for log in stack.settings.paths.logs.glob("*.log*"):
+        assert SENTINEL not in log.read_text(errors="replace"), log
+    assert SENTINEL not in stack.output()
