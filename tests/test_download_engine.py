@@ -7,6 +7,7 @@ to do, and a resumed download fetches only what is missing.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -317,11 +318,12 @@ def _killable_fetch(settings_json: str, url: str) -> None:
     engine.fetch(engine.Request("ef" * 8, url, "checkpoints"), engine.Context(settings))
 
 
+@pytest.mark.parametrize("boot", ["same", "rebooted"])
 @pytest.mark.parametrize("segmented", [False, True])
-def test_kill_9_mid_download_then_resume_fetches_only_the_rest(s, file_server, segmented):
+def test_kill_9_mid_download_then_resume_fetches_only_the_rest(s, file_server, segmented, boot):
     data = blob(12 * MIB)
     file_server.add("f.bin", data)
-    file_server.fault("f.bin", stall_after=7 * MIB, stall_seconds=30, stall_resume=True)
+    file_server.fault("f.bin", stall_after=7 * MIB + 123_456, stall_seconds=30, stall_resume=True)
     settings = s.model_copy(update={"downloads_min_segmented_mb": 1 if segmented else 100, "downloads_segment_mb": 4,
                                     "downloads_connections": 1, "downloads_read_timeout": 60})  # fmt: skip
     proc = multiprocessing.get_context("spawn").Process(
@@ -336,18 +338,30 @@ def test_kill_9_mid_download_then_resume_fetches_only_the_rest(s, file_server, s
             return False
         if manifest.segments is not None:
             return sum(x.done for x in manifest.segments) >= 6 * MIB
-        return (folder / "f.bin.part").stat().st_size >= 7 * MIB
+        return manifest.done >= 6 * MIB
 
     wait_for(stalled_and_recorded, 20)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
     file_server.clear_faults()
+    manifest_path = folder / "f.bin.part.json"
+    durable = engine.Manifest.load(manifest_path)
+    if boot == "rebooted":  # written-but-unsynced bytes may be gone: only what was fsynced counts
+        record = json.loads(manifest_path.read_text())
+        record["boot_id"] = "another-boot"
+        manifest_path.write_text(json.dumps(record))
     sent_before = file_server.bytes_sent
     out = fetch(settings, file_server.url("f.bin"), sha256=sha(data))
     assert out.path.read_bytes() == data and not out.already_present
     refetched = file_server.bytes_sent - sent_before
-    assert out.resumed_from >= 6 * MIB
     assert refetched <= len(data) - out.resumed_from + 1, (refetched, out.resumed_from)
+    if boot == "same":
+        # Everything written before the kill is reused: the stall sat at 7 MiB + 123,456.
+        assert out.resumed_from == 7 * MIB + 123_456
+    else:
+        expected = sum(x.done for x in durable.segments) if durable.segments else durable.done
+        assert out.resumed_from == expected and expected >= 6 * MIB
+    assert not list(folder.glob("*.part*")) and not list(folder.glob("*.lock"))
 
 
 # --- sources: Hugging Face and Civitai, emulated by the file server ------------------------------------

@@ -23,7 +23,7 @@ WORKSPACE_DIRS: tuple[str, ...] = (
 )  # fmt: skip
 
 # Names the download engine writes beside a model; never a model's own name.
-WORK_SUFFIXES = (".part", ".part.json", ".lock")
+WORK_SUFFIXES = (".part", ".part.json", ".part.progress", ".lock")
 
 
 def check_filename(name: str) -> str:

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ import urllib3
 
 from services.common import netsafe
 from services.common.files import write_atomic
-from services.common.paths import Paths, check_filename, check_folder
+from services.common.paths import WORK_SUFFIXES, Paths, check_filename, check_folder
 from services.common.settings import Settings
 from services.worker import sources
 from services.worker.http import DownloadError, Http, Opened, TransientError, raise_for_status, shown
@@ -40,7 +41,8 @@ MIB = 1024 * 1024
 BUFFER = 1 * MIB
 PROGRESS_EVERY = 0.25
 MANIFEST_EVERY = 2.0
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+JOURNAL_RECORD = struct.Struct("<IQ")  # segment index, bytes written from its start
 
 
 class Cancelled(Exception):
@@ -114,7 +116,7 @@ def target_path(paths: Paths, folder: str, filename: str) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     real_base = os.path.realpath(base)
     target = Path(real_base) / filename
-    for path in (target, work_file(target, ".part"), work_file(target, ".part.json"), work_file(target, ".lock")):
+    for path in [target, *(work_file(target, suffix) for suffix in WORK_SUFFIXES)]:
         if path.is_symlink():
             raise DownloadError(f"{path} is a symbolic link: remove it; downloads never write through links")
     if os.path.commonpath([real_base, os.path.realpath(target)]) != real_base:
@@ -234,11 +236,27 @@ def _pid_alive(pid: int) -> bool:
 class Segment:
     start: int
     end: int  # inclusive
-    done: int = 0  # bytes written from start, all durable when the manifest says so
+    done: int = 0  # bytes from start that were fsynced before the manifest claimed them
+    written: int = field(default=0, compare=False)  # bytes written so far (in the page cache at least)
+
+    def __post_init__(self) -> None:
+        self.written = max(self.written, self.done)
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
 
     @property
     def remaining(self) -> int:
-        return self.end - self.start + 1 - self.done
+        return self.length - self.written
+
+
+def boot_id() -> str:
+    """Changes when the machine reboots: only then can written-but-unsynced bytes have been lost."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -251,7 +269,9 @@ class Manifest:
     size: int | None
     total: int | None
     validator: str | None
-    segments: list[Segment] | None  # None: one sequential stream, its progress is the .part's size
+    segments: list[Segment] | None  # None: one sequential stream
+    done: int = 0  # sequential: bytes fsynced before this record claimed them
+    boot_id: str = ""
 
     def to_json(self) -> str:
         data = {k: v for k, v in self.__dict__.items() if k != "segments"}
@@ -333,6 +353,8 @@ class _Transfer:
         self._lock = threading.Lock()
         self.hasher = None
         self.responses: set[urllib3.BaseHTTPResponse] = set()
+        self.seq_written = 0
+        self.journal: int | None = None
 
     def interrupt(self) -> None:
         """Stop every transfer now, even one blocked in a read on a stalled connection."""
@@ -367,12 +389,29 @@ class _Transfer:
                 next_manifest = now + MANIFEST_EVERY
 
     def save_manifest(self) -> None:
-        # The bytes first, then the record that claims them: a crash never leaves a claim without bytes.
+        """Claim only what is on disk: note what was written, fsync it, then record that much."""
+        segments = self.manifest.segments
+        with self._lock:
+            snapshot = [x.written for x in segments] if segments is not None else [self.seq_written]
+        try:
+            os.fdatasync(self.fd)
+        except OSError:
+            return
+        with self._lock:
+            if segments is not None:
+                for segment, written in zip(segments, snapshot, strict=True):
+                    segment.done = written
+            else:
+                self.manifest.done = snapshot[0]
+            text = self.manifest.to_json()
         with contextlib.suppress(OSError):
-            os.fsync(self.fd)
-            with self._lock:
-                text = self.manifest.to_json()
             write_atomic(_manifest_path(self.part), text)
+
+    def note(self, index: int, written: int) -> None:
+        """Journal a segment's progress (not fsynced): after a crash on the same boot it is exact."""
+        if self.journal is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.journal, JOURNAL_RECORD.pack(index, written))
 
     def _stream(self, response: urllib3.BaseHTTPResponse, offset: int, limit: int | None,
                 advance: Callable[[int], None]) -> None:  # fmt: skip
@@ -414,14 +453,14 @@ class _Transfer:
                 advance(count)
                 self.fetched += count
 
-    def segment_worker(self, pending: list[Segment]) -> None:
+    def segment_worker(self, pending: list[tuple[int, Segment]]) -> None:
         try:
             while not self.stop.is_set():
                 with self._lock:
                     if not pending:
                         return
-                    segment = pending.pop(0)
-                start = segment.start + segment.done
+                    index, segment = pending.pop(0)
+                start = segment.start + segment.written
                 headers = {"Range": f"bytes={start}-{segment.end}"}
                 if self.manifest.validator:
                     headers["If-Range"] = self.manifest.validator
@@ -435,8 +474,9 @@ class _Transfer:
                         raise TransientError(f"{shown(opened.url)} refused a segment ({response.status})")
                     raise_for_status(response.status, opened.url)
 
-                    def advance(n: int, s: Segment = segment) -> None:
-                        s.done += n
+                    def advance(n: int, s: Segment = segment, i: int = index) -> None:
+                        s.written += n
+                        self.note(i, s.written)
 
                     self._stream(response, start, segment.end + 1, advance)
                 finally:
@@ -454,6 +494,22 @@ def _manifest_path(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
 
+def _journal_path(part: Path) -> Path:
+    return part.with_name(part.name + ".progress")
+
+
+def _replay(journal: Path, segments: list[Segment]) -> None:
+    try:
+        raw = journal.read_bytes()
+    except OSError:
+        return
+    usable = len(raw) - len(raw) % JOURNAL_RECORD.size
+    for index, written in JOURNAL_RECORD.iter_unpack(raw[:usable]):
+        if index < len(segments):
+            segment = segments[index]
+            segment.written = max(segment.written, min(written, segment.length))
+
+
 def _disk_error(exc: OSError, part: Path) -> DownloadError:
     if exc.errno == errno.ENOSPC:
         return DownloadError(f"the volume is full while writing {part.name}: free space and retry")
@@ -463,7 +519,7 @@ def _disk_error(exc: OSError, part: Path) -> DownloadError:
 
 
 def _remove_work(target: Path) -> None:
-    for suffix in (".part", ".part.json"):
+    for suffix in (".part", ".part.json", ".part.progress"):
         with contextlib.suppress(FileNotFoundError):
             work_file(target, suffix).unlink()
 
@@ -570,10 +626,22 @@ def _locked(request: Request, ctx: Context, http: Http, plan: sources.Plan, prob
             job_id=request.job_id, url=netsafe.clean_url(request.url), folder=request.folder, filename=target.name,
             sha256=expected_sha, size=request.size, total=probe.total, validator=probe.validator,
             segments=_plan_segments(probe.total, settings.downloads_segment_mb * MIB) if segmented else None,
+            boot_id=boot_id(),
         )  # fmt: skip
     assert manifest is not None
     present = part.stat().st_size if part.exists() else 0
-    done_before = sum(s.done for s in manifest.segments) if manifest.segments is not None else present
+    same_boot = manifest.boot_id == boot_id()
+    if manifest.segments is not None:
+        if same_boot:  # the page cache survived the crash: the journal's record of written bytes holds
+            _replay(_journal_path(part), manifest.segments)
+        else:
+            for segment in manifest.segments:
+                segment.written = segment.done
+        done_before = sum(s.written for s in manifest.segments)
+    else:
+        present = present if same_boot else min(present, manifest.done)
+        done_before = present
+    manifest.boot_id = boot_id()
     remaining = (probe.total - done_before) if probe.total is not None else 0
     free = shutil.disk_usage(target.parent).free
     reserve = settings.downloads_reserve_mb * MIB
@@ -635,8 +703,9 @@ def _locked(request: Request, ctx: Context, http: Http, plan: sources.Plan, prob
         )
     os.replace(part, target)
     _fsync_dir(target.parent)
-    with contextlib.suppress(FileNotFoundError):
-        manifest_path.unlink()
+    for leftover in (manifest_path, _journal_path(part)):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
     stat = target.stat()
     ctx.hash_cache.put(target, stat.st_size, stat.st_mtime_ns, digest)
     return Outcome(target, size, digest, resumed_from=done_before, fetched=max(0, size - done_before))
@@ -654,11 +723,12 @@ def _segmented(http: Http, plan: sources.Plan, probe: Probe, fd: int, manifest: 
     except OSError as exc:
         raise _disk_error(exc, part) from None
     transfer = _Transfer(http, probe.opened.url, plan, fd, manifest, ctx, lock, part)
-    pending = [s for s in manifest.segments if s.remaining > 0]
+    transfer.journal = os.open(_journal_path(part), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    pending = [(i, s) for i, s in enumerate(manifest.segments) if s.remaining > 0]
     workers = [threading.Thread(target=transfer.segment_worker, args=(pending,), daemon=True)
                for _ in range(min(ctx.settings.downloads_connections, len(pending)))]  # fmt: skip
     monitor = threading.Thread(
-        target=transfer.monitor, args=(lambda: sum(s.done for s in manifest.segments),), daemon=True
+        target=transfer.monitor, args=(lambda: sum(s.written for s in manifest.segments),), daemon=True
     )
     monitor.start()
     for worker in workers:
@@ -668,6 +738,7 @@ def _segmented(http: Http, plan: sources.Plan, probe: Probe, fd: int, manifest: 
     transfer.stop.set()
     monitor.join()
     transfer.save_manifest()
+    os.close(transfer.journal)
     _raise_first(transfer.errors)
     return None  # hashed after the fact: segments arrive out of order
 
@@ -697,9 +768,11 @@ def _sequential(http: Http, plan: sources.Plan, probe: Probe, fd: int, manifest:
         os.ftruncate(fd, present)
         transfer.hasher = sha256_of(part, present) if present else hashlib.sha256()
         counter = {"n": present}
+        transfer.seq_written = present
 
         def advance(n: int) -> None:
             counter["n"] += n
+            transfer.seq_written = counter["n"]
 
         monitor = threading.Thread(target=transfer.monitor, args=(lambda: counter["n"],), daemon=True)
         monitor.start()

@@ -32,14 +32,12 @@ def run(settings: Settings, client: redis.Redis, send: Callable[[str], None]) ->
     try:
         counts = {"rebuilt": 0, "requeued": 0, "cleaned": 0, "pruned": 0}
         now = time.time()
-        seen: set[str] = set()
         for manifest_path in _manifests(settings):
             manifest = engine.Manifest.load(manifest_path)
             part = manifest_path.with_name(manifest_path.name.removesuffix(".json"))
             if manifest is None:
                 counts["cleaned"] += _clean_if_old(settings, part, now)
                 continue
-            seen.add(manifest.job_id)
             job = jobs.get(client, manifest.job_id)
             if job is None:
                 job = DownloadJob(id=manifest.job_id, url=manifest.url, folder=manifest.folder,
@@ -54,7 +52,7 @@ def run(settings: Settings, client: redis.Redis, send: Callable[[str], None]) ->
             elif job.state == "done":
                 target = part.with_name(part.name.removesuffix(".part"))
                 if target.exists():
-                    counts["cleaned"] += _remove(part) + _remove(manifest_path)
+                    counts["cleaned"] += _remove_work(part)  # the crash came after the rename
         for job in jobs.all_jobs(client):
             if job.state in ("running", "verifying") and _stale(settings, job, now):
                 job.state, job.error = "queued", None
@@ -93,7 +91,12 @@ def _clean_if_old(settings: Settings, part: Path, now: float) -> int:
         age = float("inf")
     if age < settings.downloads_stale_part_hours * 3600:
         return 0
-    return _remove(part) + _remove(part.with_name(part.name + ".json"))
+    return _remove_work(part)
+
+
+def _remove_work(part: Path) -> int:
+    """The .part and the files that describe it (manifest, progress journal)."""
+    return sum(_remove(part.with_name(part.name + suffix)) for suffix in ("", ".json", ".progress"))
 
 
 def _remove(path: Path) -> int:
