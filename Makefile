@@ -15,6 +15,7 @@ export COMFYUI_LISTEN ?= 127.0.0.1
 export DASHBOARD_LISTEN ?= 127.0.0.1
 
 DEBIAN_PACKAGES := redis-server
+BENCH_PACKAGES := nginx-light aria2 curl iptables iproute2 libnetfilter-queue-dev
 COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
 COMFYUI_REF ?= v0.3.68
 
@@ -34,8 +35,11 @@ test: deps ## The full test suite (lint and static Docker checks included).
 lint: deps
 	$(PY) -m ruff check .
 
-bench: deps ## Benchmarks: print figures and ratios.
+bench: deps ## Benchmarks: print figures and ratios against the tools users would pick instead.
+	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
+	$(PY) -m pip install -q 'netfilterqueue>=1.1'
 	$(PY) bench/startup.py
+	$(PY) bench/downloads.py
 
 deps: system-deps $(VENV)/.installed
 

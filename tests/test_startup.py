@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from services.common import modelpaths
-from services.common.paths import MODEL_FOLDERS, WORKSPACE_DIRS
+from services.common.paths import ALL_FOLDERS, WORKSPACE_DIRS
 from services.startup.__main__ import run_steps
 from tests.helpers.mounts import fill, tmpfs
 from tests.helpers.procs import REPO, short_dir
@@ -44,14 +44,14 @@ def tree(root: Path) -> dict[str, str]:
 def test_layout_config_and_secrets_on_first_run(settings):
     report = run_steps(settings)
     paths = settings.paths
-    for folder in MODEL_FOLDERS:
+    for folder in ALL_FOLDERS:
         assert (paths.models / folder).is_dir()
     for name in WORKSPACE_DIRS:
         assert (paths.workspace / name).is_dir()
     assert modelpaths.problem(paths.extra_model_paths) is None
     config = yaml.safe_load(paths.extra_model_paths.read_text())
     assert config["workspace"]["base_path"] == str(paths.models) and config["workspace"]["is_default"] is True
-    assert set(MODEL_FOLDERS) <= set(config["workspace"])
+    assert set(ALL_FOLDERS) <= set(config["workspace"])
     assert config["workspace"]["custom_nodes"] == str(paths.custom_nodes)
     for secret in (paths.session_key_file, paths.password_file):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600

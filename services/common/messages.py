@@ -167,9 +167,24 @@ class DownloadProgress(DownloadEvent):
     type: Literal["download.progress"] = "download.progress"
 
 
+class PresetState(Event):
+    """A preset's state, derived from the volume, changed (missing -> partial -> installed)."""
+
+    kind: ClassVar[str] = "presets"
+    type: Literal["preset.state"] = "preset.state"
+    id: str
+    state: Literal["installed", "partial", "missing"]
+    files_done: int
+    files_total: int
+
+    @property
+    def subject(self) -> str:
+        return self.id
+
+
 _EVENT_TYPES: dict[str, type[Event]] = {
     model.model_fields["type"].default: model
-    for model in (ServiceState, HealthCheck, HealthState, DownloadEvent, DownloadProgress)
+    for model in (ServiceState, HealthCheck, HealthState, DownloadEvent, DownloadProgress, PresetState)
 }
 
 

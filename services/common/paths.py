@@ -14,6 +14,12 @@ MODEL_FOLDERS: tuple[str, ...] = (
     "detection",
 )  # fmt: skip
 
+# Folders that popular custom nodes read (they register these types themselves); created and mapped too.
+NODE_FOLDERS: tuple[str, ...] = ("ipadapter", "animatediff_models", "insightface", "ultralytics", "sams")
+
+# Every folder a download or a preset may target.
+ALL_FOLDERS: tuple[str, ...] = MODEL_FOLDERS + NODE_FOLDERS
+
 # Older folder names ComfyUI still reads as YAML keys, and the type each one feeds.
 LEGACY_FOLDERS: dict[str, str] = {"unet": "diffusion_models", "clip": "text_encoders", "t2i_adapter": "controlnet"}
 
@@ -44,8 +50,8 @@ def check_filename(name: str) -> str:
 
 
 def check_folder(folder: str) -> str:
-    if folder not in MODEL_FOLDERS:
-        raise ValueError(f"unknown model folder {folder!r}: use one of {', '.join(MODEL_FOLDERS)}")
+    if folder not in ALL_FOLDERS:
+        raise ValueError(f"unknown model folder {folder!r}: use one of {', '.join(ALL_FOLDERS)}")
     return folder
 
 
@@ -62,7 +68,7 @@ class Paths:
         return self.workspace / "models"
 
     def model_folder(self, folder: str) -> Path:
-        if folder not in MODEL_FOLDERS:
+        if folder not in ALL_FOLDERS:
             raise ValueError(f"unknown model folder {folder!r}")
         return self.models / folder
 

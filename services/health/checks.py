@@ -19,7 +19,7 @@ import kombu.exceptions
 import redis
 
 from services.common import bus, gpu, jobs, messages, modelpaths, queue, supervisor
-from services.common.paths import MODEL_FOLDERS, SERVICES
+from services.common.paths import ALL_FOLDERS, SERVICES
 from services.common.settings import Settings
 
 GB = 1024**3
@@ -78,10 +78,10 @@ def check_model_paths(settings: Settings) -> Result:
     trouble = modelpaths.problem(path)
     if trouble:
         return Result("model_paths", "fail", f"{trouble}: restart the stack to regenerate it")
-    missing = [f for f in MODEL_FOLDERS if not (settings.paths.models / f).is_dir()]
+    missing = [f for f in ALL_FOLDERS if not (settings.paths.models / f).is_dir()]
     if missing:
         return Result("model_paths", "warn", f"model folders missing: {', '.join(missing[:5])}; restart to recreate")
-    return Result("model_paths", "ok", f"{path} loads; {len(MODEL_FOLDERS)} folders present")
+    return Result("model_paths", "ok", f"{path} loads; {len(ALL_FOLDERS)} folders present")
 
 
 def _log_tail(settings: Settings, program: str, lines: int = 5) -> str:

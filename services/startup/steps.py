@@ -11,7 +11,7 @@ from string import Template
 
 from services.common import credentials, modelpaths
 from services.common.files import write_atomic
-from services.common.paths import MODEL_FOLDERS, WORKSPACE_DIRS
+from services.common.paths import ALL_FOLDERS, WORKSPACE_DIRS
 from services.common.settings import Settings
 
 log = logging.getLogger("startup")
@@ -80,7 +80,7 @@ def make_layout(settings: Settings) -> list[str]:
     """Create every folder ComfyUI and the stack use. Nothing existing is moved or deleted."""
     paths = settings.paths
     wanted = [paths.workspace / name for name in WORKSPACE_DIRS]
-    wanted += [paths.models / folder for folder in MODEL_FOLDERS]
+    wanted += [paths.models / folder for folder in ALL_FOLDERS]
     notes = []
     for folder in wanted:
         if folder.is_dir():

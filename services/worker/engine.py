@@ -30,6 +30,7 @@ import urllib3
 
 from services.common import netsafe
 from services.common.files import write_atomic
+from services.common.hashing import HashCache, cached_sha256, sha256_of
 from services.common.paths import WORK_SUFFIXES, Paths, check_filename, check_folder
 from services.common.settings import Settings
 from services.worker import sources
@@ -70,16 +71,6 @@ class Progress:
     speed: float
     eta: float | None
     state: str = "running"
-
-
-class HashCache:
-    """Remembers sha256 by path, size and mtime, so a file already checked is not read again."""
-
-    def get(self, path: Path, size: int, mtime_ns: int) -> str | None:  # pragma: no cover - interface
-        return None
-
-    def put(self, path: Path, size: int, mtime_ns: int, sha256: str) -> None:  # pragma: no cover - interface
-        return None
 
 
 @dataclass
@@ -524,32 +515,6 @@ def _remove_work(target: Path) -> None:
             work_file(target, suffix).unlink()
 
 
-def sha256_of(path: Path, limit: int | None = None, hasher=None) -> hashlib._Hash:  # noqa: ANN001
-    hasher = hasher or hashlib.sha256()
-    remaining = limit
-    with open(path, "rb", buffering=0) as handle:
-        buffer = bytearray(8 * MIB)
-        view = memoryview(buffer)
-        while remaining is None or remaining > 0:
-            count = handle.readinto(view if remaining is None else view[: min(len(buffer), remaining)])
-            if not count:
-                break
-            hasher.update(view[:count])
-            if remaining is not None:
-                remaining -= count
-    return hasher
-
-
-def verified_hash(path: Path, cache: HashCache) -> str:
-    stat = path.stat()
-    cached = cache.get(path, stat.st_size, stat.st_mtime_ns)
-    if cached:
-        return cached
-    digest = sha256_of(path).hexdigest()
-    cache.put(path, stat.st_size, stat.st_mtime_ns, digest)
-    return digest
-
-
 def fetch(request: Request, ctx: Context) -> Outcome:
     """Download `request` into its folder, retrying transient errors; raise DownloadError, Cancelled, Busy."""
     settings = ctx.settings
@@ -606,7 +571,7 @@ def _locked(request: Request, ctx: Context, http: Http, plan: sources.Plan, prob
         size = target.stat().st_size
         if probe.total is not None and size != probe.total:
             raise DownloadError(f"{target.name} already exists with another size ({size} bytes): delete it first")
-        digest = verified_hash(target, ctx.hash_cache)
+        digest = cached_sha256(target, ctx.hash_cache)
         if expected_sha and digest != expected_sha:
             raise DownloadError(f"{target.name} already exists with another sha256: delete it first")
         _remove_work(target)
@@ -659,8 +624,9 @@ def _locked(request: Request, ctx: Context, http: Http, plan: sources.Plan, prob
         write_atomic(manifest_path, manifest.to_json())
         if manifest.segments is not None:
             outcome_hash = _segmented(http, plan, probe, fd, manifest, ctx, lock, part)
+            resumed_from = done_before
         else:
-            outcome_hash = _sequential(http, plan, probe, fd, manifest, ctx, lock, part, present)
+            outcome_hash, resumed_from = _sequential(http, plan, probe, fd, manifest, ctx, lock, part, present)
         os.fsync(fd)
     except Cancelled:
         os.close(fd)
@@ -708,7 +674,7 @@ def _locked(request: Request, ctx: Context, http: Http, plan: sources.Plan, prob
             leftover.unlink()
     stat = target.stat()
     ctx.hash_cache.put(target, stat.st_size, stat.st_mtime_ns, digest)
-    return Outcome(target, size, digest, resumed_from=done_before, fetched=max(0, size - done_before))
+    return Outcome(target, size, digest, resumed_from=resumed_from, fetched=max(0, size - resumed_from))
 
 
 def _plan_segments(total: int, segment: int) -> list[Segment]:
@@ -730,21 +696,66 @@ def _segmented(http: Http, plan: sources.Plan, probe: Probe, fd: int, manifest: 
     monitor = threading.Thread(
         target=transfer.monitor, args=(lambda: sum(s.written for s in manifest.segments),), daemon=True
     )
+    follower = _HashFollower(fd, manifest.segments, transfer.stop)
+    hashing = threading.Thread(target=follower.run, daemon=True)
     monitor.start()
+    hashing.start()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
     transfer.stop.set()
     monitor.join()
+    hashing.join()
     transfer.save_manifest()
     os.close(transfer.journal)
     _raise_first(transfer.errors)
-    return None  # hashed after the fact: segments arrive out of order
+    return follower.finish(manifest.total)
+
+
+class _HashFollower:
+    """Hashes the .part while it fills: segments are taken in order, so the contiguous prefix grows
+    steadily and, by the time the last byte lands, most of the file is hashed (read from the page cache).
+    """
+
+    def __init__(self, fd: int, segments: list[Segment], stop: threading.Event) -> None:
+        self.fd, self.segments, self.stop = fd, segments, stop
+        self.hasher = hashlib.sha256()
+        self.position = 0
+
+    def prefix(self) -> int:
+        end = 0
+        for segment in self.segments:
+            end = segment.start + segment.written
+            if segment.remaining > 0:
+                break
+        return end
+
+    def advance(self, upto: int) -> None:
+        while self.position < upto:
+            chunk = os.pread(self.fd, min(8 * MIB, upto - self.position), self.position)
+            if not chunk:
+                raise DownloadError("the .part is shorter than its segments claim")
+            self.hasher.update(chunk)
+            self.position += len(chunk)
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError, DownloadError):
+            while not self.stop.is_set():
+                upto = self.prefix()
+                if upto > self.position:
+                    self.advance(upto)
+                else:
+                    self.stop.wait(0.05)
+
+    def finish(self, total: int) -> str:
+        self.advance(total)
+        return self.hasher.hexdigest()
 
 
 def _sequential(http: Http, plan: sources.Plan, probe: Probe, fd: int, manifest: Manifest, ctx: Context,
-                lock: Lock, part: Path, present: int) -> str | None:  # fmt: skip
+                lock: Lock, part: Path, present: int) -> tuple[str | None, int]:  # fmt: skip
+    """One stream from `present`; returns the sha256 (None: hash the file) and where it really resumed."""
     url = probe.opened.url
     headers: dict[str, str] = {}
     if present:
@@ -760,7 +771,7 @@ def _sequential(http: Http, plan: sources.Plan, probe: Probe, fd: int, manifest:
             present = 0
             os.ftruncate(fd, 0)
         elif present and response.status == 416:
-            return None  # the .part already holds everything: verify it
+            return None, present  # the .part already holds everything: verify it
         else:
             if response.status in (401, 403):
                 raise DownloadError(sources.access_message(plan, response.status))
@@ -785,7 +796,7 @@ def _sequential(http: Http, plan: sources.Plan, probe: Probe, fd: int, manifest:
         _raise_first(transfer.errors)
         if manifest.total is not None and counter["n"] < manifest.total:
             raise TransientError(f"{shown(opened.url)}: the transfer stopped early")
-        return transfer.hasher.hexdigest()
+        return transfer.hasher.hexdigest(), present
     finally:
         _let_go(response)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -11,6 +12,7 @@ import urllib3
 from services.common import netsafe
 
 MAX_REDIRECTS = 10
+RECEIVE_BUFFER = 1024 * 1024
 USER_AGENT = "comfyui-docker-downloader/1"
 
 
@@ -53,7 +55,11 @@ class Http:
             retries=False,
             timeout=urllib3.Timeout(connect=10.0, read=read_timeout),
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-        )
+            # A bounded receive buffer: enough for a fast CDN link per connection, and little in flight to
+            # lose when the worker is killed (a resume fetches again only what was never written).
+            socket_options=[*urllib3.connection.HTTPConnection.default_socket_options,
+                            (socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)],
+        )  # fmt: skip
 
     def open(self, url: str, headers: dict[str, str] | None = None, credential: Credential | None = None,
              ) -> Opened:  # fmt: skip

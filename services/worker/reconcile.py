@@ -16,7 +16,7 @@ import redis
 
 from services.common import jobs
 from services.common.messages import DownloadJob
-from services.common.paths import MODEL_FOLDERS
+from services.common.paths import ALL_FOLDERS
 from services.common.settings import Settings
 from services.worker import engine
 
@@ -69,7 +69,7 @@ def run(settings: Settings, client: redis.Redis, send: Callable[[str], None]) ->
 def _manifests(settings: Settings) -> list[Path]:
     # One directory listing per model folder: no walk of the volume.
     found = []
-    for folder in MODEL_FOLDERS:
+    for folder in ALL_FOLDERS:
         with contextlib.suppress(OSError):
             found += sorted((settings.paths.models / folder).glob("*.part.json"))
     return found

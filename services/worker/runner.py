@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 import redis
 
-from services.common import jobs, messages
+from services.common import jobs, messages, presets
+from services.common.hashing import RedisHashCache
 from services.common.messages import DownloadJob
 from services.common.settings import Settings
 from services.worker import engine
@@ -20,34 +19,22 @@ log = logging.getLogger("worker.runner")
 BUSY_RETRY_SECONDS = 30
 
 
-class RedisHashCache(engine.HashCache):
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-
-    def get(self, path: Path, size: int, mtime_ns: int) -> str | None:
-        try:
-            raw = self.client.get(messages.verified_key(str(path)))
-            data = json.loads(raw) if raw else None
-        except (redis.RedisError, ValueError):
-            return None
-        if data and data.get("size") == size and data.get("mtime_ns") == mtime_ns:
-            return data.get("sha256")
-        return None
-
-    def put(self, path: Path, size: int, mtime_ns: int, sha256: str) -> None:
-        payload = json.dumps({"size": size, "mtime_ns": mtime_ns, "sha256": sha256})
-        try:
-            self.client.set(messages.verified_key(str(path)), payload, ex=30 * 86400)
-        except redis.RedisError:
-            pass  # only a cache: the next check hashes the file again
-
-
 def _save(client: redis.Redis, job: DownloadJob, progress: bool = False) -> None:
     """Publish the job's state; a Redis outage must not stop the bytes from flowing."""
     try:
         jobs.save(client, job, progress)
     except redis.RedisError as exc:
         log.warning("job %s: cannot record state %s (Redis unavailable: %s)", job.id, job.state, exc)
+
+
+def _presets_changed(settings: Settings, client: redis.Redis, job: DownloadJob) -> None:
+    """Presets using this file may have moved (missing -> partial -> installed): say so on the bus."""
+    if not job.filename:
+        return
+    try:
+        presets.publish_states(settings, client, file_key=f"{job.folder}/{job.filename}")
+    except (redis.RedisError, OSError) as exc:
+        log.warning("cannot publish preset states: %s", exc)
 
 
 def _finish(client: redis.Redis, job: DownloadJob, state: str, error: str | None = None) -> None:
@@ -94,6 +81,7 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
     def on_resolved(filename: str, total: int | None) -> None:
         job.filename, job.total = filename, total
         _save(client, job)
+        _presets_changed(settings, client, job)
 
     def cancelled() -> bool:
         try:
@@ -113,14 +101,17 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
         return BUSY_RETRY_SECONDS
     except engine.Cancelled:
         _finish(client, job, "cancelled")
+        _presets_changed(settings, client, job)
         return None
     except DownloadError as exc:
         log.warning("job %s failed: %s", job.id, exc)
         _finish(client, job, "failed", str(exc))
+        _presets_changed(settings, client, job)
         return None
     job.sha256, job.bytes_done, job.total = outcome.sha256, outcome.size, outcome.size
     job.already_present, job.resumed_from = outcome.already_present, outcome.resumed_from
     _finish(client, job, "done")
+    _presets_changed(settings, client, job)
     log.info("job %s done: %s (%d bytes, %d fetched, resumed from %d)", job.id, outcome.path, outcome.size,
              outcome.fetched, outcome.resumed_from)  # fmt: skip
     return None
