@@ -39,6 +39,7 @@ bench: deps ## Benchmarks: print figures and ratios against the tools users woul
 	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
 	$(PY) -m pip install -q 'netfilterqueue>=1.1'
 	$(PY) bench/startup.py
+	$(PY) bench/presets.py
 	$(PY) bench/downloads.py
 
 deps: system-deps $(VENV)/.installed

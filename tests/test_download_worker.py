@@ -15,9 +15,10 @@ import time
 import urllib.request
 
 import pytest
+import yaml
 
-from services.common import bus, jobs, messages, queue
-from tests.helpers.fileserver import FileServer
+from services.common import bus, jobs, messages, presets, queue
+from tests.helpers.fileserver import FileServer, self_signed
 from tests.helpers.procs import wait_for
 from tests.helpers.stack import Stack
 
@@ -40,7 +41,16 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, server):
+def tls_server(tmp_path_factory):
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    s = FileServer(tls=(cert, key)).start()
+    s.cert = cert
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, server, tls_server):
     stack = Stack(
         tmp_path_factory.mktemp("dl"),
         DOWNLOADS_ALLOW_PRIVATE_HOSTS="1", DOWNLOADS_BACKOFF="0.2", DOWNLOADS_RETRIES="3",
@@ -48,6 +58,7 @@ def stack(tmp_path_factory, server):
         DOWNLOADS_MIN_SEGMENTED_MB="2", DOWNLOADS_SEGMENT_MB="1", DOWNLOADS_CONNECTIONS="2",
         DOWNLOADS_RESERVE_MB="0", DOWNLOADS_MAX_ATTEMPTS="3", WORKER_CONCURRENCY="2",
         HF_ENDPOINT=f"http://localhost:{server.port}", HF_TOKEN=SENTINEL,  # generic files stay on 127.0.0.1
+        SSL_CERT_FILE=str(tls_server.cert),  # the worker trusts the test server's https
     )  # fmt: skip
     stack.start()
     stack.wait_running()
@@ -292,3 +303,41 @@ def test_failures_reach_the_job_with_a_message_and_no_token(stack, server, clien
     for log in stack.settings.paths.logs.glob("*.log*"):
         assert SENTINEL not in log.read_text(errors="replace"), log
     assert SENTINEL not in stack.output()
+
+
+def test_a_user_preset_installs_live_missing_partial_installed(stack, tls_server, client):
+    small, slow = blob(200_000, 20), blob(2 * MIB, 21)
+    tls_server.add("p/vae.safetensors", small)
+    tls_server.add("p/big.safetensors", slow)
+    tls_server.fault("p/big.safetensors", rate=1_000_000)  # ~2 s: the preset is partial meanwhile
+    base = f"https://127.0.0.1:{tls_server.port}/p"
+    preset = {"id": "live-test", "name": "Live test", "category": "image", "base": "test", "files": [
+        {"url": f"{base}/vae.safetensors", "folder": "vae", "filename": "live_vae.safetensors", "size": len(small),
+         "sha256": hashlib.sha256(small).hexdigest()},
+        {"url": f"{base}/big.safetensors", "folder": "checkpoints", "filename": "live_big.safetensors",
+         "approx_size": "2 MB"}]}  # fmt: skip
+    s = stack.settings
+    s.paths.user_presets.mkdir(parents=True, exist_ok=True)
+    (s.paths.user_presets / "live.yaml").write_text(yaml.safe_dump(preset))
+    seen: list[str] = []
+    listening = threading.Event()
+
+    def listen():
+        for event in bus.listen(bus.connect(s), timeout=0.1):
+            listening.set()
+            if isinstance(event, messages.PresetState) and event.id == "live-test":
+                seen.append(event.state)
+                if event.state == "installed":
+                    return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    listening.wait(5)
+    assert presets.show(s, client, "live-test")["state"] == "missing"
+    queued = presets.install(s, client, "live-test")
+    assert len(queued) == 2
+    thread.join(60)
+    assert seen[0] == "partial" and seen[-1] == "installed", seen
+    shown = presets.show(s, client, "live-test")
+    assert shown["state"] == "installed" and shown["files"][0]["state"] == "verified"
+    assert presets.install(s, client, "live-test") == []  # installed: nothing to queue
