@@ -190,8 +190,8 @@ def test_a6_cancel_running_and_queued(stack, server, client):
 
 
 def test_a5_a_job_that_always_crashes_stops_after_n_attempts(stack, server, client):
-    url, _ = stalled_file(server, "crash.bin", 3 * MIB, MIB, seed=5)
-    server.fault("crash.bin", stall_after=MIB + 123_456, stall_seconds=30, stall_resume=True)  # every attempt
+    url = server.add("crash.bin", blob(3 * MIB, 5))
+    server.fault("crash.bin", rate=100_000)  # every attempt is still running when it is killed
     other_url = server.add("fine.bin", blob(100_000, 6))
     job = submit(stack, client, url, filename="crash.bin")
     seen = set()

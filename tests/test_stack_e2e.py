@@ -90,7 +90,7 @@ def test_the_stack_runs_kills_and_stops(stack_factory):
     snapshot = bus.snapshot(client, "services")
     assert snapshot["comfyui"].state == "RUNNING"
     stack.wait_running()
-    assert not zombies()
+    assert not zombies(stack.proc.pid)
 
     # Logs rotate at LOG_MAX_BYTES (20 kB here): each no-op task logs a line in the worker's log.
     app = queue.client(s)

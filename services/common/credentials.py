@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import secrets
+import time
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from services.common.settings import Settings
 
@@ -50,3 +56,84 @@ def session_key(settings: Settings) -> str | None:
         return settings.paths.session_key_file.read_text().strip() or None
     except FileNotFoundError:
         return None
+
+
+TOKEN_NAMES = ("hf_token", "civitai_token")
+
+
+def _write_secret_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, SECRET_MODE)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def stored_tokens(settings: Settings) -> dict[str, str]:
+    data = _read_json(settings.paths.tokens_file)
+    return {k: v for k, v in data.items() if k in TOKEN_NAMES and isinstance(v, str) and v}
+
+
+def set_token(settings: Settings, name: str, value: str | None) -> None:
+    """Store (or clear, with None) a source token; it takes effect at the next download, no restart."""
+    if name not in TOKEN_NAMES:
+        raise ValueError(f"unknown token {name!r}")
+    tokens = stored_tokens(settings)
+    if value:
+        tokens[name] = value
+    else:
+        tokens.pop(name, None)
+    _write_secret_json(settings.paths.tokens_file, tokens)
+
+
+def effective(settings: Settings) -> Settings:
+    """Settings with the tokens stored from the dashboard over those of the environment."""
+    stored = stored_tokens(settings)
+    if not stored:
+        return settings
+    return settings.model_copy(update={name: SecretStr(value) for name, value in stored.items()})
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def api_tokens(settings: Settings) -> list[dict]:
+    """The API tokens made on the settings page: ids, names and dates, never the tokens."""
+    data = _read_json(settings.paths.api_tokens_file)
+    return [{"id": k, "name": v.get("name", ""), "created": v.get("created")} for k, v in data.items()]
+
+
+def create_api_token(settings: Settings, name: str) -> tuple[str, str]:
+    """A new API token: returns (id, token); the token is shown once and only its hash is kept."""
+    data = _read_json(settings.paths.api_tokens_file)
+    token_id, token = secrets.token_hex(4), "cdt_" + secrets.token_urlsafe(32)
+    data[token_id] = {"name": name, "sha256": _digest(token), "created": time.time()}
+    _write_secret_json(settings.paths.api_tokens_file, data)
+    return token_id, token
+
+
+def delete_api_token(settings: Settings, token_id: str) -> bool:
+    data = _read_json(settings.paths.api_tokens_file)
+    if data.pop(token_id, None) is None:
+        return False
+    _write_secret_json(settings.paths.api_tokens_file, data)
+    return True
+
+
+def api_token_valid(settings: Settings, token: str) -> bool:
+    digest = _digest(token)
+    entries = _read_json(settings.paths.api_tokens_file).values()
+    # Compare against every entry (constant time each), so timing does not tell which one matched.
+    return any([hmac.compare_digest(digest, str(v.get("sha256", ""))) for v in entries])

@@ -136,6 +136,16 @@ class Paths:
         return self.config / "dashboard.password"
 
     @property
+    def tokens_file(self) -> Path:
+        """HF_TOKEN / CIVITAI_TOKEN set from the dashboard (0600); they win over the environment."""
+        return self.config / "tokens.json"
+
+    @property
+    def api_tokens_file(self) -> Path:
+        """API tokens made on the settings page, stored as sha256 hashes (0600)."""
+        return self.config / "api_tokens.json"
+
+    @property
     def comfyui_manager_config(self) -> Path:
         return self.user / "__manager" / "config.ini"
 

@@ -1,37 +1,37 @@
-"""create_app: the dashboard built from Settings."""
+"""create_app: the dashboard built from Settings, one blueprint per area."""
 
 from __future__ import annotations
 
-import json
+import datetime
 import logging
-import xmlrpc.client
 
-from flask import Flask, jsonify, render_template
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from services.common import credentials, supervisor
+from services.common import credentials
 from services.common.settings import Settings, load_settings
-from services.dashboard import auth
+from services.dashboard import api, auth, pages, ws
+from services.dashboard.auth import error
 
 log = logging.getLogger("dashboard")
 
 
-def services_state(settings: Settings) -> tuple[list[dict], str | None]:
-    """Each program's state from supervisord, or an error text when it cannot be reached."""
-    try:
-        infos = supervisor.rpc(settings, timeout=2).supervisor.getAllProcessInfo()
-    except (OSError, xmlrpc.client.Error) as exc:
-        return [], f"supervisord unreachable: {exc}"
-    return [
-        {"name": i["name"], "state": i["statename"], "pid": i["pid"] or None, "description": i["description"]}
-        for i in infos
-    ], None
+def _size(value: int | None) -> str:
+    if value is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return str(value)
 
 
-def startup_report(settings: Settings) -> dict | None:
-    try:
-        return json.loads(settings.paths.startup_report.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -47,24 +47,39 @@ def create_app(settings: Settings | None = None) -> Flask:
         AUTH_ENABLED=settings.dashboard_auth,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        MAX_CONTENT_LENGTH=1024 * 1024,
+        SESSION_COOKIE_NAME="comfyui_docker_session",
+        PERMANENT_SESSION_LIFETIME=datetime.timedelta(days=7),
+        MAX_CONTENT_LENGTH=256 * 1024,
     )
     if not settings.dashboard_auth:
         log.warning("DASHBOARD_AUTH=off: anyone who reaches this port controls the stack")
+    app.jinja_env.filters["size"] = _size
+    app.jinja_env.filters["duration"] = _duration
     auth.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    ws.init_app(app)
+
+    @app.before_request
+    def secure_cookie_behind_https() -> None:
+        # RunPod's proxy terminates TLS: the cookie is Secure whenever the browser used https.
+        app.config["SESSION_COOKIE_SECURE"] = request.headers.get("X-Forwarded-Proto", request.scheme) == "https"
 
     @app.get("/livez")
     def livez():  # noqa: ANN202
         return jsonify(status="ok")
 
-    @app.get("/api/status")
-    def api_status():  # noqa: ANN202
-        services, error = services_state(settings)
-        return jsonify(services=services, services_error=error, startup=startup_report(settings))
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):  # noqa: ANN202
+        if request.path.startswith("/api/") or request.path == "/ws":
+            codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 400: "bad_request"}
+            return error(codes.get(exc.code or 500, "error"), exc.description or exc.name, exc.code or 500)
+        return exc
 
-    @app.get("/")
-    def overview():  # noqa: ANN202
-        services, error = services_state(settings)
-        return render_template("overview.html", services=services, error=error)
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):  # noqa: ANN202
+        # The one place an unforeseen error ends: logged in full, answered without a traceback.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error("internal", "unexpected error: see the dashboard log", 500)
 
     return app

@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from services.common import jobs, messages, presets
+from services.common import credentials, jobs, messages, presets
 from services.common.hashing import RedisHashCache
 from services.common.messages import DownloadJob
 from services.common.settings import Settings
@@ -90,7 +90,8 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
             return False
 
     request = engine.Request(job.id, job.url, job.folder, job.filename, job.sha256, job.size)
-    ctx = engine.Context(settings, on_progress, on_resolved, cancelled, RedisHashCache(client),
+    # Tokens set on the dashboard since the worker started apply to this job, without a restart.
+    ctx = engine.Context(credentials.effective(settings), on_progress, on_resolved, cancelled, RedisHashCache(client),
                          owner=owner)  # fmt: skip
     try:
         outcome = engine.fetch(request, ctx)

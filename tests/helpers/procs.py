@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_DIR = REPO / "tests" / "standin" / "comfyui"
@@ -40,6 +41,17 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})")
 
 
-def zombies() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,ppid,stat,comm"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines()[1:] if line.split()[2].startswith("Z")]
+def zombies(root_pid: int) -> list[str]:
+    """Zombies among the descendants of `root_pid` (other tests run beside this one)."""
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for child in children:
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                out.append(f"{child.pid} {child.name()}")
+        except psutil.NoSuchProcess:
+            continue
+    return out

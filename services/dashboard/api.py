@@ -1,0 +1,255 @@
+"""The JSON API under /api: every operation of the dashboard, documented in openapi.yaml."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from services.common import bus, credentials, jobs, presets
+from services.common.settings import Settings
+from services.dashboard import state
+from services.dashboard.auth import error
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+def settings() -> Settings:
+    return current_app.config["SETTINGS"]
+
+
+def client() -> redis.Redis:
+    return bus.connect(settings(), timeout=3)
+
+
+def body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadBody("send a JSON object (Content-Type: application/json)")
+    return data
+
+
+class BadBody(ValueError):
+    pass
+
+
+def _int(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadBody(f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise BadBody(f"{name} must be between {low} and {high}")
+    return value
+
+
+@bp.errorhandler(BadBody)
+@bp.errorhandler(jobs.BadRequest)
+@bp.errorhandler(presets.PresetProblem)
+def bad_request(exc: Exception):  # noqa: ANN201
+    status = 404 if str(exc).startswith("no preset") else 400
+    return error("not_found" if status == 404 else "bad_request", str(exc), status)
+
+
+@bp.errorhandler(state.NotFound)
+def not_found(exc: Exception):  # noqa: ANN201
+    return error("not_found", str(exc), 404)
+
+
+@bp.errorhandler(state.Unavailable)
+def unavailable(exc: Exception):  # noqa: ANN201
+    return error("unavailable", str(exc), 503)
+
+
+@bp.errorhandler(redis.RedisError)
+def redis_down(exc: Exception):  # noqa: ANN201
+    return error("unavailable", "Redis is not answering: the stack is restarting it, try again shortly", 503)
+
+
+@bp.get("/openapi.yaml")
+def openapi():  # noqa: ANN201
+    return Response(OPENAPI.read_text(), mimetype="application/yaml")
+
+
+@bp.get("/status")
+def status():  # noqa: ANN201
+    return jsonify(state.status(settings(), client()))
+
+
+@bp.get("/services")
+def services():  # noqa: ANN201
+    return jsonify(services=state.services(settings()))
+
+
+@bp.post("/services/<name>/<action>")
+def control(name: str, action: str):  # noqa: ANN201
+    if action not in ("start", "stop", "restart"):
+        return error("not_found", "action must be start, stop or restart", 404)
+    return jsonify(state.control(settings(), name, action))
+
+
+@bp.get("/logs/<name>")
+def logs(name: str):  # noqa: ANN201
+    lines = _int("lines", 200, 1, 5000)
+    return jsonify(service=name, lines=state.log_tail(settings(), name, lines))
+
+
+@bp.get("/downloads")
+def downloads():  # noqa: ANN201
+    return jsonify(downloads=state.downloads(client()))
+
+
+@bp.post("/downloads")
+def queue_download():  # noqa: ANN201
+    data = body()
+    unknown = set(data) - {"url", "folder", "filename", "sha256", "size"}
+    if unknown:
+        raise BadBody(f"unknown field(s): {', '.join(sorted(unknown))}")
+    for key in ("url", "folder"):
+        if not isinstance(data.get(key), str):
+            raise BadBody(f"{key}: required, a string")
+    for key in ("filename", "sha256"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise BadBody(f"{key}: must be a string")
+    size = data.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
+        raise BadBody("size: must be a whole number of bytes")
+    job, created = jobs.submit(settings(), client(), data["url"], data["folder"], data.get("filename") or None,
+                               data.get("sha256") or None, size)  # fmt: skip
+    response = jsonify(job.model_dump())
+    response.status_code = 202 if created else 200
+    return response
+
+
+def _job(job_id: str) -> dict:
+    job = jobs.get(client(), job_id)
+    if job is None:
+        raise state.NotFound(f"no download {job_id!r}")
+    return job.model_dump()
+
+
+@bp.get("/downloads/<job_id>")
+def download(job_id: str):  # noqa: ANN201
+    return jsonify(_job(job_id))
+
+
+@bp.delete("/downloads/<job_id>")
+def cancel_download(job_id: str):  # noqa: ANN201
+    _job(job_id)
+    return jsonify(jobs.cancel(client(), job_id).model_dump())
+
+
+@bp.post("/downloads/<job_id>/retry")
+def retry_download(job_id: str):  # noqa: ANN201
+    before = _job(job_id)
+    if before["state"] not in ("failed", "cancelled"):
+        return error("conflict", f"only a failed or cancelled download can be retried (this one is {before['state']})",
+                     409)  # fmt: skip
+    job = jobs.retry(settings(), client(), job_id)
+    response = jsonify(job.model_dump())
+    response.status_code = 202
+    return response
+
+
+@bp.delete("/downloads")
+def clear_history():  # noqa: ANN201
+    finished = [j.id for j in jobs.all_jobs(client()) if j.terminal]
+    jobs.forget(client(), finished)
+    return jsonify(cleared=len(finished))
+
+
+@bp.get("/presets")
+def list_presets():  # noqa: ANN201
+    catalogue = presets.load(settings())
+    listed = presets.list_presets(settings(), client(), request.args.get("category"), request.args.get("tag"),
+                                  request.args.get("q"), catalogue)  # fmt: skip
+    return jsonify(presets=listed, errors=[str(e) for e in catalogue.errors])
+
+
+@bp.get("/presets/<preset_id>")
+def show_preset(preset_id: str):  # noqa: ANN201
+    return jsonify(presets.show(settings(), client(), preset_id))
+
+
+@bp.post("/presets/<preset_id>/install")
+def install_preset(preset_id: str):  # noqa: ANN201
+    queued = presets.install(credentials.effective(settings()), client(), preset_id)
+    response = jsonify(preset=preset_id, queued=[j.model_dump() for j in queued])
+    response.status_code = 202
+    return response
+
+
+@bp.post("/presets/<preset_id>/remove")
+def remove_preset(preset_id: str):  # noqa: ANN201
+    return jsonify(presets.remove(settings(), client(), preset_id))
+
+
+@bp.get("/models")
+def model_folders():  # noqa: ANN201
+    return jsonify(folders=state.folders())
+
+
+@bp.get("/models/<folder>")
+def models(folder: str):  # noqa: ANN201
+    return jsonify(folder=folder, models=state.models(settings(), folder))
+
+
+@bp.delete("/models/<folder>/<name>")
+def delete_model(folder: str, name: str):  # noqa: ANN201
+    state.delete_model(settings(), folder, name)
+    return jsonify(deleted=f"{folder}/{name}")
+
+
+def _settings_view() -> dict:
+    s = credentials.effective(settings())
+    return {
+        "hf_token_set": s.hf_token is not None,
+        "civitai_token_set": s.civitai_token is not None,
+        "auth": settings().dashboard_auth,
+        "api_tokens": credentials.api_tokens(settings()),
+    }
+
+
+@bp.get("/settings")
+def get_settings():  # noqa: ANN201
+    return jsonify(_settings_view())
+
+
+@bp.put("/settings")
+def put_settings():  # noqa: ANN201
+    data = body()
+    unknown = set(data) - set(credentials.TOKEN_NAMES)
+    if unknown:
+        raise BadBody(f"unknown setting(s): {', '.join(sorted(unknown))}; only hf_token and civitai_token")
+    for name, value in data.items():
+        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > 512):
+            raise BadBody(f"{name}: a token (text), or null to clear it")
+        credentials.set_token(settings(), name, value.strip() if value else None)
+    return jsonify(_settings_view())
+
+
+@bp.post("/tokens")
+def create_token():  # noqa: ANN201
+    data = body()
+    name = data.get("name", "")
+    if not isinstance(name, str) or not name.strip() or len(name) > 64:
+        raise BadBody("name: a label for the token, 1 to 64 characters")
+    token_id, token = credentials.create_api_token(settings(), name.strip())
+    response = jsonify(id=token_id, name=name.strip(), token=token, created=time.time(),
+                       note="shown once: store it now")  # fmt: skip
+    response.status_code = 201
+    return response
+
+
+@bp.delete("/tokens/<token_id>")
+def delete_token(token_id: str):  # noqa: ANN201
+    if not credentials.delete_api_token(settings(), token_id):
+        raise state.NotFound(f"no API token {token_id!r}")
+    return jsonify(deleted=token_id)

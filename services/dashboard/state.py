@@ -1,0 +1,196 @@
+"""What the dashboard shows, gathered by plain functions (the API, the pages and the socket share them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+import xmlrpc.client
+from pathlib import Path
+
+import psutil
+import redis
+
+from services.common import bus, gpu, jobs, messages, supervisor
+from services.common.paths import ALL_FOLDERS, SERVICES, WORK_SUFFIXES, check_filename, check_folder
+from services.common.settings import Settings
+
+# Programs a user may start, stop, restart and read the log of (never a path).
+PROGRAMS = (*SERVICES, "jupyter", "code-server")
+LOG_NAMES = (*PROGRAMS, "supervisord")
+
+
+class Unavailable(Exception):
+    """A dependency (Redis, supervisord) is not answering; the message says which."""
+
+
+class NotFound(Exception):
+    pass
+
+
+def services(settings: Settings) -> list[dict]:
+    try:
+        infos = supervisor.rpc(settings, timeout=3).supervisor.getAllProcessInfo()
+    except (OSError, xmlrpc.client.Error) as exc:
+        raise Unavailable(f"supervisord is not answering on its socket: {exc}") from None
+    now = time.time()
+    out = []
+    for info in infos:
+        if info["name"] not in PROGRAMS:
+            continue
+        if info["name"] in ("jupyter", "code-server") and not (settings.devtools_dir / "bin" / info["name"]).exists():
+            continue  # only the dev image has them
+        running = info["statename"] == "RUNNING"
+        out.append({"name": info["name"], "state": info["statename"], "pid": info["pid"] or None,
+                    "uptime": int(now - info["start"]) if running and info["start"] else None,
+                    "description": info["description"]})  # fmt: skip
+    return out
+
+
+def control(settings: Settings, name: str, action: str) -> dict:
+    if name not in PROGRAMS:
+        raise NotFound(f"no program {name!r}: one of {', '.join(PROGRAMS)}")
+    rpc = supervisor.rpc(settings, timeout=60)
+    try:
+        if action in ("stop", "restart"):
+            try:
+                rpc.supervisor.stopProcess(name)
+            except xmlrpc.client.Fault as fault:
+                if "NOT_RUNNING" not in fault.faultString:
+                    raise
+        if action in ("start", "restart"):
+            try:
+                rpc.supervisor.startProcess(name)
+            except xmlrpc.client.Fault as fault:
+                if "ALREADY_STARTED" not in fault.faultString:
+                    raise
+        info = rpc.supervisor.getProcessInfo(name)
+    except xmlrpc.client.Fault as fault:
+        raise Unavailable(f"supervisord refused to {action} {name}: {fault.faultString}") from None
+    except OSError as exc:
+        raise Unavailable(f"supervisord is not answering on its socket: {exc}") from None
+    return {"name": name, "state": info["statename"], "pid": info["pid"] or None}
+
+
+def log_tail(settings: Settings, name: str, lines: int) -> list[str]:
+    if name not in LOG_NAMES:
+        raise NotFound(f"no log for {name!r}: one of {', '.join(LOG_NAMES)}")
+    path = settings.paths.log_file(name)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - lines * 400))
+            text = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def comfyui(settings: Settings) -> dict:
+    if not (settings.comfyui_dir / "main.py").is_file():
+        return {"state": "not_installed", "message": f"no ComfyUI in {settings.comfyui_dir}"}
+    base = f"http://127.0.0.1:{settings.comfyui_port}"
+    try:
+        with urllib.request.urlopen(f"{base}/system_stats", timeout=2) as response:  # noqa: S310 - our loopback URL
+            stats = json.loads(response.read())
+        with urllib.request.urlopen(f"{base}/prompt", timeout=2) as response:  # noqa: S310
+            queue_remaining = json.loads(response.read())["exec_info"]["queue_remaining"]
+    except (OSError, ValueError, KeyError) as exc:
+        return {"state": "unreachable", "message": f"ComfyUI does not answer on port {settings.comfyui_port}: {exc}"}
+    devices = [d.get("name") for d in stats.get("devices", [])]
+    version = stats["system"].get("comfyui_version")
+    return {"state": "ready", "version": version, "devices": devices, "queue_remaining": queue_remaining}
+
+
+def host(settings: Settings) -> dict:
+    memory = psutil.virtual_memory()
+    try:
+        disk = shutil.disk_usage(settings.workspace)
+        disk_info = {"total": disk.total, "used": disk.used, "free": disk.free}
+    except OSError:
+        disk_info = None
+    report = gpu.probe()
+    return {
+        "cpu": {"count": psutil.cpu_count(), "percent": psutil.cpu_percent(interval=None)},
+        "memory": {"total": memory.total, "available": memory.available, "percent": memory.percent},
+        "disk": disk_info,
+        "gpus": [g.as_dict() for g in report.gpus],
+        "gpu_note": report.error,
+    }
+
+
+def startup_report(settings: Settings) -> dict | None:
+    try:
+        return json.loads(settings.paths.startup_report.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def health(client: redis.Redis) -> dict:
+    snap = bus.snapshot(client, messages.HealthCheck.kind)
+    overall = snap.pop("_overall", None)
+    return {
+        "state": overall.state if isinstance(overall, messages.HealthState) else "unknown",
+        "ready": overall.ready if isinstance(overall, messages.HealthState) else False,
+        "checks": {k: {"status": v.status, "reason": v.reason} for k, v in snap.items()
+                   if isinstance(v, messages.HealthCheck)},
+    }  # fmt: skip
+
+
+def status(settings: Settings, client: redis.Redis) -> dict:
+    try:
+        service_list, service_error = services(settings), None
+    except Unavailable as exc:
+        service_list, service_error = [], str(exc)
+    try:
+        health_info = health(client)
+    except (redis.RedisError, OSError) as exc:
+        raise Unavailable(f"Redis is not answering: {exc}") from None
+    return {
+        "services": service_list, "services_error": service_error, "startup": startup_report(settings),
+        "comfyui": comfyui(settings), "host": host(settings), "health": health_info,
+    }  # fmt: skip
+
+
+def models(settings: Settings, folder: str) -> list[dict]:
+    try:
+        check_folder(folder)
+    except ValueError as exc:
+        raise NotFound(str(exc)) from None
+    base = settings.paths.models / folder
+    out = []
+    try:
+        entries = list(os.scandir(base))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name.endswith(WORK_SUFFIXES) or not entry.is_file():
+            continue
+        stat = entry.stat()
+        out.append({"name": entry.name, "size": stat.st_size, "modified": stat.st_mtime})
+    return sorted(out, key=lambda m: m["name"].lower())
+
+
+def delete_model(settings: Settings, folder: str, name: str) -> None:
+    try:
+        check_folder(folder)
+        check_filename(name)
+    except ValueError as exc:
+        raise NotFound(str(exc)) from None
+    base = Path(os.path.realpath(settings.paths.models / folder))
+    path = base / name
+    if path.is_symlink() or not path.is_file():
+        raise NotFound(f"no model file {name!r} in {folder}")
+    path.unlink()
+
+
+def folders() -> list[str]:
+    return list(ALL_FOLDERS)
+
+
+def downloads(client: redis.Redis) -> list[dict]:
+    return [j.model_dump() for j in jobs.all_jobs(client)]
