@@ -14,7 +14,7 @@ export COMFYUI_PYTHON ?= $(CURDIR)/comfyui/.venv/bin/python
 export COMFYUI_LISTEN ?= 127.0.0.1
 export DASHBOARD_LISTEN ?= 127.0.0.1
 
-DEBIAN_PACKAGES := redis-server
+DEBIAN_PACKAGES := redis-server chromium openssl
 BENCH_PACKAGES := nginx-light aria2 curl iptables iproute2 libnetfilter-queue-dev
 COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
 COMFYUI_REF ?= v0.3.68

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
 
@@ -78,9 +80,28 @@ def openapi():  # noqa: ANN201
     return Response(OPENAPI.read_text(), mimetype="application/yaml")
 
 
+class _StatusCache:
+    """The overview costs RPCs, an HTTP call and NVML: computed at most once a second per worker, then
+    served as is (pages get live changes over the WebSocket, so a second-old overview is fine)."""
+
+    def __init__(self, ttl: float = 1.0) -> None:
+        self.ttl = ttl
+        self.body: bytes | None = None
+        self.at = 0.0
+        self.lock = threading.Lock()
+
+    def get(self) -> bytes:
+        with self.lock:
+            if self.body is None or time.monotonic() - self.at > self.ttl:
+                self.body = json.dumps(state.status(settings(), client())).encode()
+                self.at = time.monotonic()
+            return self.body
+
+
 @bp.get("/status")
 def status():  # noqa: ANN201
-    return jsonify(state.status(settings(), client()))
+    cache = current_app.extensions.setdefault("status_cache", _StatusCache())
+    return Response(cache.get(), mimetype="application/json")
 
 
 @bp.get("/services")
