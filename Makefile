@@ -15,11 +15,11 @@ export COMFYUI_LISTEN ?= 127.0.0.1
 export DASHBOARD_LISTEN ?= 127.0.0.1
 
 DEBIAN_PACKAGES := redis-server chromium openssl
-BENCH_PACKAGES := nginx-light aria2 curl iptables iproute2 libnetfilter-queue-dev
+BENCH_PACKAGES := nginx-light aria2 curl wrk iptables iproute2 libnetfilter-queue-dev
 COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
 COMFYUI_REF ?= v0.3.68
 
-.PHONY: run test lint bench ctl deps system-deps comfyui clean
+.PHONY: run test lint bench ctl deps system-deps comfyui clean screenshots
 
 run: deps ## The whole stack in the foreground; Ctrl-C stops it.
 	exec docker/entrypoint.sh
@@ -32,6 +32,9 @@ test: deps ## The full test suite (lint and static Docker checks included).
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -n 2 --dist loadfile
 
+screenshots: deps ## Retake the README's screenshots (docs/*.png) from the browser test.
+	SCREENSHOTS_DIR=docs $(PY) -m pytest tests/test_browser.py -q
+
 lint: deps
 	$(PY) -m ruff check .
 
@@ -40,6 +43,7 @@ bench: deps ## Benchmarks: print figures and ratios against the tools users woul
 	$(PY) -m pip install -q 'netfilterqueue>=1.1'
 	$(PY) bench/startup.py
 	$(PY) bench/presets.py
+	$(PY) bench/dashboard.py
 	$(PY) bench/downloads.py
 
 deps: system-deps $(VENV)/.installed

@@ -44,10 +44,16 @@ def snapshot(client: redis.Redis, kind: str) -> dict[str, messages.Event]:
     return result
 
 
-def listen(client: redis.Redis, timeout: float = 1.0) -> Iterator[messages.Event | None]:
-    """Yield events as they come; None every `timeout` seconds without one, so callers can stop."""
+def subscribe(client: redis.Redis) -> redis.client.PubSub:
+    """Subscribe before reading a snapshot, so nothing published in between is missed."""
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(messages.EVENTS_CHANNEL)
+    return pubsub
+
+
+def listen(source: redis.Redis | redis.client.PubSub, timeout: float = 1.0) -> Iterator[messages.Event | None]:
+    """Yield events as they come; None every `timeout` seconds without one, so callers can stop."""
+    pubsub = source if isinstance(source, redis.client.PubSub) else subscribe(source)
     try:
         while True:
             message = pubsub.get_message(timeout=timeout)

@@ -81,26 +81,47 @@ def openapi():  # noqa: ANN201
 
 
 class _StatusCache:
-    """The overview costs RPCs, an HTTP call and NVML: computed at most once a second per worker, then
-    served as is (pages get live changes over the WebSocket, so a second-old overview is fine)."""
+    """The overview costs RPCs, an HTTP call and NVML: it is refreshed at most once a second per worker,
+    in the background, while requests get the last one at once (pages get live changes over the
+    WebSocket, so a second-old overview is fine). Only the first request ever waits."""
 
-    def __init__(self, ttl: float = 1.0) -> None:
+    def __init__(self, settings: Settings, ttl: float = 1.0) -> None:
+        self.settings = settings
         self.ttl = ttl
         self.body: bytes | None = None
         self.at = 0.0
+        self.refreshing = False
         self.lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        try:
+            body = json.dumps(state.status(self.settings, bus.connect(self.settings, timeout=3))).encode()
+        except (state.Unavailable, redis.RedisError):
+            body = None  # keep serving the last one; a first request will raise below
+        with self.lock:
+            if body is not None:
+                self.body, self.at = body, time.monotonic()
+            self.refreshing = False
 
     def get(self) -> bytes:
         with self.lock:
-            if self.body is None or time.monotonic() - self.at > self.ttl:
-                self.body = json.dumps(state.status(settings(), client())).encode()
-                self.at = time.monotonic()
-            return self.body
+            fresh = self.body is not None and time.monotonic() - self.at <= self.ttl
+            if fresh or (self.body is not None and self.refreshing):
+                return self.body
+            if self.body is not None:
+                self.refreshing = True
+                threading.Thread(target=self._refresh, daemon=True).start()
+                return self.body
+        # Nothing yet: compute it in this request (errors reach the caller as 503).
+        body = json.dumps(state.status(self.settings, client())).encode()
+        with self.lock:
+            self.body, self.at = body, time.monotonic()
+        return body
 
 
 @bp.get("/status")
 def status():  # noqa: ANN201
-    cache = current_app.extensions.setdefault("status_cache", _StatusCache())
+    cache = current_app.extensions.setdefault("status_cache", _StatusCache(settings()))
     return Response(cache.get(), mimetype="application/json")
 
 

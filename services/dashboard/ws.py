@@ -128,9 +128,10 @@ def websocket(ws) -> None:  # noqa: ANN001
     follower = None
     try:
         client = bus.connect(settings, timeout=5)
+        subscription = bus.subscribe(bus.connect(settings, timeout=5))  # before the snapshot: no gap
         for message in snapshot_messages(settings, client, html):
             ws.send(message)
-        for event in bus.listen(bus.connect(settings, timeout=5), timeout=0.25):
+        for event in bus.listen(subscription, timeout=0.25):
             if event is not None:
                 for message in event_messages(settings, client, event, html):
                     ws.send(message)

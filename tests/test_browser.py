@@ -1,0 +1,145 @@
+"""The dashboard in a real browser (Debian's chromium through Playwright), against the real stack."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from playwright.sync_api import Page, expect
+
+from services.common import messages, queue
+from tests.helpers.fileserver import FileServer, self_signed
+from tests.helpers.procs import REPO
+from tests.helpers.stack import PASSWORD, Stack
+
+pytestmark = pytest.mark.timeout(300)
+
+# `make screenshots` sets this to docs/ so the README's pictures come from this very test.
+SHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or "")
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    server = FileServer(tls=(cert, key)).start()
+    server.cert = cert
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tls):
+    stack = Stack(tmp_path_factory.mktemp("browser"), DOWNLOADS_ALLOW_PRIVATE_HOSTS="1", DOWNLOADS_RESERVE_MB="0",
+                  SSL_CERT_FILE=str(tls.cert), HEALTH_INTERVAL="1")  # fmt: skip
+    stack.start()
+    stack.wait_running()
+    yield stack
+    stack.stop()
+
+
+def shot(page: Page, name: str, tmp_path: Path) -> None:
+    target = (REPO / SHOTS) if str(SHOTS) else tmp_path
+    target.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target / f"{name}.png"), full_page=True)
+
+
+def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
+    s = stack.settings
+    base = f"http://127.0.0.1:{s.dashboard_port}"
+    page.set_viewport_size({"width": 1280, "height": 860})
+
+    # Log in; every service shows RUNNING.
+    page.goto(base + "/")
+    expect(page).to_have_url(f"{base}/login?next=/")
+    page.fill("#password", "wrong")
+    page.click("button[type=submit]")
+    expect(page.get_by_role("alert")).to_have_text("Wrong password.")
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(base + "/")
+    for name in ("redis", "comfyui", "dashboard", "worker", "health"):
+        expect(page.get_by_test_id(f"state-{name}")).to_have_text("RUNNING")
+    expect(page.get_by_test_id("connection")).to_have_text("live")
+    shot(page, "overview", tmp_path)
+
+    # Queue a download and watch its progress bar reach 100 % without reloading.
+    data = os.urandom(3 * 1024 * 1024)
+    url = tls.add("ui/model.safetensors", data)
+    tls.fault("ui/model.safetensors", rate=1_000_000)
+    page.click("a[href='/downloads']")
+    page.fill("input[name=url]", url)
+    page.select_option("select[name=folder]", "loras")
+    page.click("form[data-testid=download-form] button[type=submit]")
+    row = page.get_by_test_id("download-model.safetensors")
+    expect(row).to_be_visible(timeout=15_000)
+    expect(row.locator(".job-running")).to_be_visible(timeout=15_000)
+    page.wait_for_function("Number(document.querySelector('[data-testid=\"download-model.safetensors\"] progress')"
+                           "?.value) > 25", timeout=30_000)  # fmt: skip
+    shot(page, "downloads", tmp_path)
+    expect(row.locator("progress")).to_have_attribute("value", "100.0", timeout=60_000)
+    expect(row.locator(".badge")).to_have_text("done")
+    assert (s.paths.models / "loras" / "model.safetensors").read_bytes() == data
+    # A bad URL: the message the user sees.
+    page.fill("input[name=url]", "ftp://example.com/x")
+    page.evaluate("document.querySelector('input[name=url]').type = 'text'")
+    page.click("form[data-testid=download-form] button[type=submit]")
+    expect(page.locator("form[data-testid=download-form] [data-error]")).to_contain_text("only http and https")
+
+    # Follow a service's log: a new line shows up live.
+    page.click("a[href='/logs']")
+    page.click("a[href='/logs/worker']")
+    expect(page.get_by_test_id("connection")).to_have_text("live")
+    time.sleep(1)
+    app = queue.client(s)
+    app.send_task(messages.TASK_PING, args=[424242.0]).get(timeout=20)
+    app.close()
+    expect(page.get_by_test_id("log-lines")).to_contain_text("424242", timeout=20_000)
+    page.fill("#log-search", "424242")
+    shot(page, "logs", tmp_path)
+
+    # Restart a service and see its state change.
+    page.click("a[href='/services']")
+    page.evaluate("""() => { window.seen = []; new MutationObserver(() => window.seen.push(
+        document.querySelector('[data-testid=state-health]')?.textContent)).observe(document.body,
+        {subtree: true, childList: true, characterData: true}); }""")
+    old_pid = stack.states()["health"]["pid"]
+    page.click("[data-testid=restart-health]")
+    page.wait_for_function("window.seen.some(s => s && s !== 'RUNNING')", timeout=30_000)
+    expect(page.get_by_test_id("state-health")).to_have_text("RUNNING", timeout=30_000)
+    assert stack.states()["health"]["pid"] != old_pid
+    shot(page, "services", tmp_path)
+
+    # Install and remove a preset (a user preset served by the https test server).
+    small = os.urandom(200_000)
+    tls.add("ui/preset.safetensors", small)
+    preset = {"id": "ui-test", "name": "UI test preset", "category": "image", "base": "test", "description":
+              "A preset for the browser test.", "files": [{"url": f"https://127.0.0.1:{tls.port}/ui/preset.safetensors",
+              "folder": "checkpoints", "filename": "ui_preset.safetensors", "size": len(small),
+              "sha256": hashlib.sha256(small).hexdigest()}]}  # fmt: skip
+    s.paths.user_presets.mkdir(parents=True, exist_ok=True)
+    (s.paths.user_presets / "ui-test.yaml").write_text(yaml.safe_dump(preset))
+    page.goto(base + "/presets?q=ui-test")
+    state = page.get_by_test_id("preset-state-ui-test")
+    expect(state).to_have_text("missing")
+    page.click("[data-testid=install-ui-test]")
+    expect(state).to_have_text("installed", timeout=30_000)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("[data-testid=remove-ui-test]")
+    expect(state).to_have_text("missing", timeout=30_000)
+    assert not (s.paths.models / "checkpoints" / "ui_preset.safetensors").exists()
+    page.goto(base + "/presets")
+    shot(page, "presets", tmp_path)
+    page.goto(base + "/models/loras")
+    expect(page.locator("td", has_text="model.safetensors")).to_be_visible()
+    shot(page, "models", tmp_path)
+
+    # A phone, in dark mode: still readable.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.emulate_media(color_scheme="dark")
+    page.goto(base + "/")
+    expect(page.get_by_test_id("state-worker")).to_have_text("RUNNING")
+    shot(page, "overview-phone-dark", tmp_path)
