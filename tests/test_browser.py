@@ -103,6 +103,7 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
 
     # Restart a service and see its state change.
     page.click("a[href='/services']")
+    expect(page.get_by_test_id("restart-health")).to_be_visible()
     page.evaluate("""() => { window.seen = []; new MutationObserver(() => window.seen.push(
         document.querySelector('[data-testid=state-health]')?.textContent)).observe(document.body,
         {subtree: true, childList: true, characterData: true}); }""")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 from services.common import supervisor
 from services.devtools.__main__ import command
@@ -17,13 +18,14 @@ def test_password_goes_in_the_environment(settings):
         assert not any("s3cret-sentinel" in arg for arg in argv)
 
 
-def test_not_started_where_not_installed(settings, tmp_path):
+def test_programs_only_where_installed(settings, tmp_path):
     env = supervisor.environment(settings.model_copy(update={"devtools_dir": tmp_path / "none"}))
-    assert env["JUPYTER_AUTOSTART"] == "false" and env["CODE_SERVER_AUTOSTART"] == "false"
+    assert "[program:" not in Path(env["SUPERVISOR_INCLUDE"]).read_text()
     (tmp_path / "dev" / "bin").mkdir(parents=True)
     (tmp_path / "dev" / "bin" / "jupyter").touch()
     env = supervisor.environment(settings.model_copy(update={"devtools_dir": tmp_path / "dev"}))
-    assert env["JUPYTER_AUTOSTART"] == "true" and env["CODE_SERVER_AUTOSTART"] == "false"
+    included = Path(env["SUPERVISOR_INCLUDE"]).read_text()
+    assert "[program:jupyter]" in included and "[program:code-server]" in included
 
 
 def test_missing_tool_says_so(tmp_path):

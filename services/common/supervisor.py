@@ -27,8 +27,12 @@ def environment(settings: Settings) -> dict[str, str]:
         "REDIS_SERVER": settings.redis_server,
         "REDIS_CONF": str(paths.redis_conf),
         "REDIS_AUTOSTART": _flag(settings.local_redis),
-        "JUPYTER_AUTOSTART": _flag((settings.devtools_dir / "bin" / "jupyter").exists()),
-        "CODE_SERVER_AUTOSTART": _flag((settings.devtools_dir / "bin" / "code-server").exists()),
+        "SUPERVISOR_INCLUDE": str(
+            settings.app_dir
+            / "config"
+            / "supervisor"
+            / ("devtools.conf" if (settings.devtools_dir / "bin" / "jupyter").exists() else "none.conf")
+        ),
         "LOG_MAX_BYTES": str(settings.log_max_bytes),
         "LOG_BACKUPS": str(settings.log_backups),
         "PYTHONUNBUFFERED": "1",
