@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from services.common.settings import Settings
-from tests.helpers.fileserver import FileServer
+from tests.helpers.fileserver import FileServer, self_signed
 from tests.helpers.procs import STANDIN_DIR, VENV_PYTHON, free_port, short_dir
 from tests.helpers.redisserver import RedisServer
 from tests.helpers.stack import Stack
@@ -55,6 +55,24 @@ def settings(tmp_path: Path, run_dir: Path, redis_server: RedisServer) -> Settin
 @pytest.fixture
 def file_server() -> Iterator[FileServer]:
     server = FileServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_file_server() -> Iterator[FileServer]:
+    """One plain-http file server for a module's tests (beside a module-scoped stack)."""
+    server = FileServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_file_server(tmp_path_factory) -> Iterator[FileServer]:
+    """An https file server whose certificate a stack trusts through SSL_CERT_FILE=server.cert."""
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    server = FileServer(tls=(cert, key)).start()
+    server.cert = cert
     yield server
     server.stop()
 

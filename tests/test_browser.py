@@ -12,7 +12,6 @@ import yaml
 from playwright.sync_api import Page, expect
 
 from services.common import messages, queue
-from tests.helpers.fileserver import FileServer, self_signed
 from tests.helpers.procs import REPO
 from tests.helpers.stack import PASSWORD, Stack
 
@@ -23,12 +22,8 @@ SHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or "")
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
-    server = FileServer(tls=(cert, key)).start()
-    server.cert = cert
-    yield server
-    server.stop()
+def tls(tls_file_server):
+    return tls_file_server
 
 
 @pytest.fixture(scope="module")

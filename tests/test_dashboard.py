@@ -19,7 +19,6 @@ from schemathesis.specs.openapi.checks import ignored_auth, positive_data_accept
 from services.common import bus
 from services.common.paths import ALL_FOLDERS
 from services.dashboard.app import create_app
-from tests.helpers.fileserver import FileServer
 from tests.helpers.procs import REPO, wait_for
 from tests.helpers.stack import PASSWORD, Stack
 
@@ -31,10 +30,8 @@ OPENAPI = REPO / "services" / "dashboard" / "openapi.yaml"
 
 
 @pytest.fixture(scope="module")
-def server():
-    s = FileServer().start()
-    yield s
-    s.stop()
+def server(module_file_server):
+    return module_file_server
 
 
 @pytest.fixture(scope="module")

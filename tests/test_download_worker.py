@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from services.common import bus, jobs, messages, presets, queue
-from tests.helpers.fileserver import FileServer, self_signed
 from tests.helpers.procs import wait_for
 from tests.helpers.stack import Stack
 
@@ -34,19 +33,13 @@ def blob(size: int, seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server():
-    s = FileServer().start()
-    yield s
-    s.stop()
+def server(module_file_server):
+    return module_file_server
 
 
 @pytest.fixture(scope="module")
-def tls_server(tmp_path_factory):
-    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
-    s = FileServer(tls=(cert, key)).start()
-    s.cert = cert
-    yield s
-    s.stop()
+def tls_server(tls_file_server):
+    return tls_file_server
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,13 @@ class Paths:
     @property
     def models(self) -> Path:
         return self.workspace / "models"
+
+    def model_file(self, folder: str, name: str) -> Path:
+        """Where a model file lives: a known folder (resolved: it may link to another disk) and a bare
+        name (no separator, no dot start), so the result cannot leave the folder. Raises ValueError."""
+        check_folder(folder)
+        check_filename(name)
+        return Path(os.path.realpath(self.models / folder)) / name
 
     def model_folder(self, folder: str) -> Path:
         if folder not in ALL_FOLDERS:

@@ -9,13 +9,12 @@ import time
 import urllib.error
 import urllib.request
 import xmlrpc.client
-from pathlib import Path
 
 import psutil
 import redis
 
 from services.common import bus, gpu, jobs, messages, supervisor
-from services.common.paths import ALL_FOLDERS, SERVICES, WORK_SUFFIXES, check_filename, check_folder
+from services.common.paths import ALL_FOLDERS, SERVICES, WORK_SUFFIXES, check_folder
 from services.common.settings import Settings
 
 # Programs a user may start, stop, restart and read the log of (never a path).
@@ -177,12 +176,9 @@ def models(settings: Settings, folder: str) -> list[dict]:
 
 def delete_model(settings: Settings, folder: str, name: str) -> None:
     try:
-        check_folder(folder)
-        check_filename(name)
+        path = settings.paths.model_file(folder, name)
     except ValueError as exc:
         raise NotFound(str(exc)) from None
-    base = Path(os.path.realpath(settings.paths.models / folder))
-    path = base / name
     if path.is_symlink() or not path.is_file():
         raise NotFound(f"no model file {name!r} in {folder}")
     path.unlink()

@@ -31,7 +31,7 @@ import urllib3
 from services.common import netsafe
 from services.common.files import write_atomic
 from services.common.hashing import HashCache, cached_sha256, sha256_of
-from services.common.paths import WORK_SUFFIXES, Paths, check_filename, check_folder
+from services.common.paths import WORK_SUFFIXES, Paths
 from services.common.settings import Settings
 from services.worker import sources
 from services.worker.http import DownloadError, Http, Opened, TransientError, raise_for_status, shown
@@ -97,21 +97,15 @@ class Outcome:
 
 
 def target_path(paths: Paths, folder: str, filename: str) -> Path:
-    """The destination, proven inside its model folder; raises DownloadError otherwise."""
+    """The destination, proven inside its model folder, with no link in the way; raises DownloadError."""
     try:
-        check_folder(folder)
-        check_filename(filename)
+        paths.model_folder(folder).mkdir(parents=True, exist_ok=True)
+        target = paths.model_file(folder, filename)
     except ValueError as exc:
         raise DownloadError(str(exc)) from None
-    base = paths.model_folder(folder)
-    base.mkdir(parents=True, exist_ok=True)
-    real_base = os.path.realpath(base)
-    target = Path(real_base) / filename
     for path in [target, *(work_file(target, suffix) for suffix in WORK_SUFFIXES)]:
         if path.is_symlink():
             raise DownloadError(f"{path} is a symbolic link: remove it; downloads never write through links")
-    if os.path.commonpath([real_base, os.path.realpath(target)]) != real_base:
-        raise DownloadError(f"{filename!r} would land outside {base}")
     return target
 
 
