@@ -148,26 +148,26 @@ class Lock:
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         except FileExistsError:
-            if not self._stale():
-                raise Busy(f"{self.path.name} is being downloaded by {self._holder()}") from None
+            if not self.stale():
+                raise Busy(f"{self.path.name} is being downloaded by {self.holder()}") from None
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             tmp.write_text(self._record())
             os.replace(tmp, self.path)
             time.sleep(0.05)  # another taker may have replaced it too: whoever's record stays wins
-            if self._holder() != self.owner:
-                raise Busy(f"{self.path.name} was taken over by {self._holder()}") from None
+            if self.holder() != self.owner:
+                raise Busy(f"{self.path.name} was taken over by {self.holder()}") from None
         else:
             with os.fdopen(fd, "w") as handle:
                 handle.write(self._record())
         self.held = True
 
-    def _holder(self) -> str:
+    def holder(self) -> str:
         try:
             return json.loads(self.path.read_text()).get("owner", "?")
         except (OSError, ValueError):
             return "?"
 
-    def _stale(self) -> bool:
+    def stale(self) -> bool:
         try:
             record = json.loads(self.path.read_text())
             age = time.time() - self.path.stat().st_mtime
@@ -182,7 +182,7 @@ class Lock:
             os.utime(self.path)
 
     def release(self) -> None:
-        if self.held and self._holder() == self.owner:
+        if self.held and self.holder() == self.owner:
             with contextlib.suppress(OSError):
                 self.path.unlink()
         self.held = False
@@ -194,9 +194,9 @@ def live_holder(paths: Paths, folder: str, filename: str, stale_after: float) ->
         lock = Lock(work_file(target_path(paths, folder, filename), ".lock"), "", stale_after)
     except DownloadError:
         return None
-    if not lock.path.exists() or lock._stale():
+    if not lock.path.exists() or lock.stale():
         return None
-    return lock._holder()
+    return lock.holder()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -334,7 +334,6 @@ class _Transfer:
         self.manifest, self.ctx, self.lock, self.part = manifest, ctx, lock, part
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
-        self.fetched = 0
         self._lock = threading.Lock()
         self.hasher = None
         self.responses: set[urllib3.BaseHTTPResponse] = set()
@@ -436,7 +435,6 @@ class _Transfer:
             position += count
             with self._lock:
                 advance(count)
-                self.fetched += count
 
     def segment_worker(self, pending: list[tuple[int, Segment]]) -> None:
         try:
