@@ -18,7 +18,7 @@ from tests.helpers.stack import PASSWORD, Stack
 pytestmark = pytest.mark.timeout(300)
 
 # `make screenshots` sets this to docs/ so the README's pictures come from this very test.
-SHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or "")
+SHOTS = os.environ.get("SCREENSHOTS_DIR")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def stack(tmp_path_factory, tls):
 
 
 def shot(page: Page, name: str, tmp_path: Path) -> None:
-    target = (REPO / SHOTS) if str(SHOTS) else tmp_path
+    target = REPO / SHOTS if SHOTS else tmp_path
     target.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(target / f"{name}.png"), full_page=True)
 
