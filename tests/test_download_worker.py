@@ -145,6 +145,7 @@ def test_a1_kill_9_of_the_task_process_resumes_from_the_part(stack, server, clie
     done = wait_state(client, job.id, messages.TERMINAL, timeout=90)
     assert done.state == "done", done.error
     assert done.resumed_from >= 2 * MIB and done.attempts == 2
+    print(f"A1 kill -9 of the task: resumed from {done.resumed_from} of {len(data)} bytes")
     assert (stack.settings.paths.models / "checkpoints" / "a1.bin").read_bytes() == data
 
 
@@ -174,6 +175,7 @@ def test_a6_cancel_running_and_queued(stack, server, client):
     jobs.cancel(client, running[0].id)
     wait_state(client, running[0].id, ("cancelled",), timeout=10)
     latency = time.monotonic() - asked
+    print(f"A6 cancel of a running download took {latency:.2f} s")
     assert latency < 2.0, latency
     assert not (folder / "busy0.bin.part").exists() and not (folder / "busy0.bin").exists()
     jobs.cancel(client, running[1].id)
@@ -227,6 +229,7 @@ def test_a4_stopping_the_worker_requeues_and_resumes(stack, server, client):
     begin = time.monotonic()
     stack.rpc().supervisor.stopProcess("worker")
     stop_seconds = time.monotonic() - begin
+    print(f"A4 worker stop with a running download took {stop_seconds:.1f} s")
     assert stop_seconds < 15, stop_seconds
     assert "Restoring 1 unacknowledged message" in stack.settings.paths.log_file("worker").read_text()
     server.clear_faults()
