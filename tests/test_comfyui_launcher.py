@@ -75,14 +75,13 @@ def test_a_taken_port_is_refused_before_comfyui_starts(settings):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", settings.comfyui_port))
         holder.listen()
-        begin = time.monotonic()
         proc = launch(settings, STANDIN_STARTUP_SECONDS="10")
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert f"port {settings.comfyui_port} on 127.0.0.1 is already in use" in out
     assert "set COMFYUI_PORT to a free port" in out and "Traceback" not in out
     # ComfyUI itself was never started (it would have spent its start-up time first).
-    assert "ComfyUI version" not in out and time.monotonic() - begin < 8
+    assert "ComfyUI version" not in out
 
 
 @pytest.mark.parametrize("what", ["empty dir", "missing python"])

@@ -102,10 +102,8 @@ def test_the_stack_runs_kills_and_stops(stack_factory):
     assert len(backups) <= 2
 
     # SIGTERM to PID 1 (here: the entrypoint's process, now supervisord) stops everything cleanly.
-    begin = time.monotonic()
     code = stack.stop()
     assert code == 0, stack.output()[-2000:]
-    assert time.monotonic() - begin < 30
     assert "Stopped server" in s.paths.log_file("comfyui").read_text()
 
 

@@ -276,7 +276,9 @@ def run_checks(settings: Settings, names: list[str] | None = None, timeout: floa
     """Every check in parallel, each bounded by `timeout`; a check that raises is a failure, not a crash."""
     names = names or list(CHECKS)
     results = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
+    # Not a `with` block: leaving one waits for every thread, and a hung check must not hang the round.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="check")
+    try:
         futures = {name: pool.submit(_timed, CHECKS[name], settings) for name in names}
         deadline = time.monotonic() + timeout
         for name, future in futures.items():
@@ -284,6 +286,7 @@ def run_checks(settings: Settings, names: list[str] | None = None, timeout: floa
                 results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
             except concurrent.futures.TimeoutError:
                 results.append(Result(name, "fail", f"check timed out after {timeout:.0f} s", timeout * 1000))
+    finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return results
 
