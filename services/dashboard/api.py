@@ -94,14 +94,16 @@ class _StatusCache:
         self.lock = threading.Lock()
 
     def _refresh(self) -> None:
+        body = None
         try:
             body = json.dumps(state.status(self.settings, bus.connect(self.settings, timeout=3))).encode()
-        except (state.Unavailable, redis.RedisError):
-            body = None  # keep serving the last one; a first request will raise below
-        with self.lock:
-            if body is not None:
-                self.body, self.at = body, time.monotonic()
-            self.refreshing = False
+        except (state.Unavailable, redis.RedisError, OSError):
+            pass  # keep serving the last one until a refresh succeeds
+        finally:
+            with self.lock:
+                if body is not None:
+                    self.body, self.at = body, time.monotonic()
+                self.refreshing = False
 
     def get(self) -> bytes:
         with self.lock:
