@@ -97,6 +97,23 @@ def test_every_route_refuses_anonymous_callers(stack, base):
     assert requests.get(f"{base}/api/status", headers=wrong).status_code == 401
 
 
+def test_a_flood_of_anonymous_sockets_is_refused_before_it_holds_a_thread(stack, base, bearer):
+    """E8: each refused handshake ends at once, so 200 of them in a burst leave the dashboard answering."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(_: int) -> int:
+        try:
+            websocket.create_connection(base.replace("http", "ws") + "/ws", timeout=10).close()
+        except websocket.WebSocketBadStatusException as exc:
+            return exc.status_code
+        return 101
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        codes = list(pool.map(attempt, range(200)))
+    assert set(codes) == {401}
+    assert requests.get(f"{base}/api/services", headers=bearer, timeout=10).status_code == 200
+
+
 # --- E2: brute force -----------------------------------------------------------------------------------
 
 
