@@ -17,7 +17,7 @@ export DASHBOARD_LISTEN ?= 127.0.0.1
 DEBIAN_PACKAGES := redis-server chromium openssl
 BENCH_PACKAGES := nginx-light aria2 curl wrk iptables iproute2 libnetfilter-queue-dev
 COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
-COMFYUI_REF ?= v0.3.68
+COMFYUI_REF ?= 002f2bedd6e4f6a0f7436ab7ce2fb8021483904c  # the commit docker-bake.hcl pins
 
 .PHONY: run test lint bench ctl deps system-deps comfyui clean screenshots
 
@@ -62,10 +62,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-comfyui: ## Install ComfyUI for host mode (needs network to GitHub and the PyTorch index).
-	test -d $(COMFYUI_DIR) || git clone --depth 1 --branch $(COMFYUI_REF) $(COMFYUI_REPO) $(COMFYUI_DIR)
+comfyui: ## Install ComfyUI for host mode at the image's pinned commit (needs network to GitHub and PyPI).
+	test -f $(COMFYUI_DIR)/main.py || { git init -q $(COMFYUI_DIR) && \
+	  git -C $(COMFYUI_DIR) fetch -q --depth 1 $(COMFYUI_REPO) $(COMFYUI_REF) && \
+	  git -C $(COMFYUI_DIR) checkout -q FETCH_HEAD; }
 	test -x $(COMFYUI_PYTHON) || python3 -m venv $(COMFYUI_DIR)/.venv
-	$(COMFYUI_PYTHON) -m pip install -r $(COMFYUI_DIR)/requirements.txt
+	$(COMFYUI_PYTHON) -m pip install torch torchvision torchaudio
+	$(COMFYUI_PYTHON) -m pip install -r $(COMFYUI_DIR)/requirements.txt -r $(COMFYUI_DIR)/manager_requirements.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
