@@ -10,14 +10,15 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 export WORKSPACE ?= $(CURDIR)/workspace
 export RUN_DIR ?= /tmp/comfyui-docker-$(shell id -u)
 export COMFYUI_DIR ?= $(CURDIR)/comfyui
-export COMFYUI_PYTHON ?= $(CURDIR)/comfyui/.venv/bin/python
+export COMFYUI_PYTHON ?= $(COMFYUI_DIR)/.venv/bin/python
 export COMFYUI_LISTEN ?= 127.0.0.1
 export DASHBOARD_LISTEN ?= 127.0.0.1
 
 DEBIAN_PACKAGES := redis-server chromium openssl
 BENCH_PACKAGES := nginx-light aria2 curl wrk iptables iproute2 libnetfilter-queue-dev
 COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
-COMFYUI_REF ?= 002f2bedd6e4f6a0f7436ab7ce2fb8021483904c  # the commit docker-bake.hcl pins
+# The commit docker-bake.hcl pins.
+COMFYUI_REF ?= 002f2bedd6e4f6a0f7436ab7ce2fb8021483904c
 
 .PHONY: run test lint bench ctl deps system-deps comfyui clean screenshots
 
