@@ -14,7 +14,8 @@ export COMFYUI_PYTHON ?= $(COMFYUI_DIR)/.venv/bin/python
 export COMFYUI_LISTEN ?= 127.0.0.1
 export DASHBOARD_LISTEN ?= 127.0.0.1
 
-DEBIAN_PACKAGES := redis-server chromium openssl
+DEBIAN_PACKAGES := redis-server
+TEST_PACKAGES := chromium openssl
 BENCH_PACKAGES := nginx-light aria2 curl wrk iptables iproute2 libnetfilter-queue-dev
 COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
 # The commit docker-bake.hcl pins.
@@ -29,11 +30,13 @@ ctl: ## supervisorctl for the running stack: make ctl ARGS="status" / ARGS="tail
 	@$(PY) -m services.ctl $(ARGS)
 
 test: deps ## The full test suite (lint and static Docker checks included).
+	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES="$(TEST_PACKAGES)"
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -n 2 --dist loadfile
 
 screenshots: deps ## Retake the README's screenshots (docs/*.png) from the browser test.
+	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES="$(TEST_PACKAGES)"
 	SCREENSHOTS_DIR=docs $(PY) -m pytest tests/test_browser.py -q
 
 lint: deps
