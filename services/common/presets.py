@@ -393,7 +393,7 @@ def preset_state(files: list[ModelFile], states: dict[str, FileState]) -> str:
     return "missing"
 
 
-def describe(settings: Settings, client: redis.Redis | None, entry: Entry, states: dict[str, FileState],
+def describe(settings: Settings, entry: Entry, states: dict[str, FileState],
              free: int) -> dict:  # fmt: skip
     todo = [f for f in entry.files if states[f.key] in ("missing", "wrong")]
     need = sum(f.expected_bytes for f in {f.key: f for f in todo}.values())
@@ -439,7 +439,7 @@ def list_presets(
                                                                e.preset.base, *e.preset.tags]).lower()]  # fmt: skip
     states = _file_states(settings, client, [f for e in entries for f in e.files])
     free = _free(settings)
-    return [describe(settings, client, e, states, free) for e in sorted(entries, key=lambda e: e.preset.id)]
+    return [describe(settings, e, states, free) for e in sorted(entries, key=lambda e: e.preset.id)]
 
 
 class PresetProblem(ValueError):
@@ -451,7 +451,7 @@ def show(settings: Settings, client: redis.Redis | None, preset_id: str, catalog
     entry = catalogue.entries.get(preset_id)
     if entry is None:
         raise PresetProblem(f"no preset {preset_id!r}")
-    return describe(settings, client, entry, _file_states(settings, client, entry.files), _free(settings))
+    return describe(settings, entry, _file_states(settings, client, entry.files), _free(settings))
 
 
 def install(settings: Settings, client: redis.Redis, preset_id: str) -> list[messages.DownloadJob]:

@@ -6,6 +6,7 @@ import datetime
 import logging
 
 from flask import Flask, jsonify, request
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
 from services.common import credentials
@@ -34,6 +35,16 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+class _SessionInterface(SecureCookieSessionInterface):
+    """The cookie is Secure whenever the browser used https: RunPod's proxy terminates TLS in front of us.
+
+    Decided per request here, rather than by changing the app's config, which every thread shares.
+    """
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.headers.get("X-Forwarded-Proto", request.scheme) == "https"
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
@@ -55,15 +66,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.warning("DASHBOARD_AUTH=off: anyone who reaches this port controls the stack")
     app.jinja_env.filters["size"] = _size
     app.jinja_env.filters["duration"] = _duration
+    app.session_interface = _SessionInterface()
     auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     ws.init_app(app)
-
-    @app.before_request
-    def secure_cookie_behind_https() -> None:
-        # RunPod's proxy terminates TLS: the cookie is Secure whenever the browser used https.
-        app.config["SESSION_COOKIE_SECURE"] = request.headers.get("X-Forwarded-Proto", request.scheme) == "https"
 
     @app.get("/livez")
     def livez():  # noqa: ANN202
