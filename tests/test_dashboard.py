@@ -132,6 +132,15 @@ def test_login_is_rate_limited_in_redis(stack, base):
     assert requests.post(f"{base}/login", data={"password": PASSWORD}, allow_redirects=False).status_code == 302
 
 
+def test_session_cookie_is_httponly_lax_and_secure_behind_https(base):
+    for proto, secure in (("https", True), ("http", False)):
+        response = requests.post(f"{base}/login", data={"password": PASSWORD}, allow_redirects=False,
+                                 headers={"X-Forwarded-Proto": proto})  # fmt: skip
+        cookie = response.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+        assert ("Secure" in cookie) == secure, cookie
+
+
 # --- E3: CSRF and foreign origins ----------------------------------------------------------------------
 
 
