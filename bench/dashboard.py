@@ -27,8 +27,8 @@ import websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.common import bus, messages  # noqa: E402
-from tests.helpers.stack import PASSWORD, Stack  # noqa: E402
+from services.common import bus, messages
+from tests.helpers.stack import PASSWORD, Stack
 
 CLIENTS, PERIOD, SECONDS = 50, 0.1, 10.0
 SOCKETS, EVENTS = 10, 300
@@ -39,8 +39,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def poll_status(session, url: str, offset: float, stop: float, out: list[float],  # noqa: ANN001
-                      errors: list[int]) -> None:  # fmt: skip
+async def poll_status(session, url: str, offset: float, stop: float, out: list[float], errors: list[int]) -> None:
     loop = asyncio.get_running_loop()
     # Independent clients are not in step: each starts at its own point of the period.
     await asyncio.sleep(offset)
@@ -80,22 +79,33 @@ def main() -> int:
             errors: list[int] = []
             asyncio.run(load(url, headers, latencies, errors, in_step))
             how = "all in the same instant (worst case)" if in_step else "each at its own moment"
-            print(f"1. GET /api/status, {CLIENTS} clients polling every {PERIOD * 1000:.0f} ms for {SECONDS:.0f} s, "
-                  f"{how} ({len(latencies)} requests, {len(errors)} errors)")  # fmt: skip
-            print(f"   p50 {statistics.median(latencies):6.1f} ms   p99 {percentile(latencies, 0.99):6.1f} ms"
-                  "   (goal: p99 under 20 ms)")  # fmt: skip
+            print(
+                f"1. GET /api/status, {CLIENTS} clients polling every {PERIOD * 1000:.0f} ms for {SECONDS:.0f} s, "
+                f"{how} ({len(latencies)} requests, {len(errors)} errors)"
+            )
+            print(
+                f"   p50 {statistics.median(latencies):6.1f} ms   p99 {percentile(latencies, 0.99):6.1f} ms"
+                "   (goal: p99 under 20 ms)"
+            )
         if shutil.which("wrk"):
-            out = subprocess.run(["wrk", "-t2", "-c50", "-d10s", "--latency", "-H", f"Authorization: Bearer {PASSWORD}",
-                                  url], capture_output=True, text=True).stdout  # fmt: skip
+            out = subprocess.run(
+                ["wrk", "-t2", "-c50", "-d10s", "--latency", "-H", f"Authorization: Bearer {PASSWORD}", url],
+                capture_output=True,
+                text=True,
+            ).stdout
             rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
             p50 = re.search(r"50%\s+([\d.]+\w+)", out)
             p99 = re.search(r"99%\s+([\d.]+\w+)", out)
-            print(f"   wrk closed loop, 50 connections: {rps.group(1) if rps else '?'} req/s, "
-                  f"p50 {p50.group(1) if p50 else '?'}, p99 {p99.group(1) if p99 else '?'}")  # fmt: skip
+            print(
+                f"   wrk closed loop, 50 connections: {rps.group(1) if rps else '?'} req/s, "
+                f"p50 {p50.group(1) if p50 else '?'}, p99 {p99.group(1) if p99 else '?'}"
+            )
 
         ws_url = f"ws://127.0.0.1:{s.dashboard_port}/ws"
-        sockets = [websocket.create_connection(ws_url, header=[f"Authorization: Bearer {PASSWORD}"], timeout=10)
-                   for _ in range(SOCKETS)]  # fmt: skip
+        sockets = [
+            websocket.create_connection(ws_url, header=[f"Authorization: Bearer {PASSWORD}"], timeout=10)
+            for _ in range(SOCKETS)
+        ]
         for ws in sockets:
             ws.recv()  # the snapshot
         delays: list[float] = []
@@ -122,8 +132,10 @@ def main() -> int:
         for ws in sockets:
             ws.close()
         print(f"2. WebSocket delivery, publish -> {SOCKETS} clients, {EVENTS} events each ({len(delays)} deliveries)")
-        print(f"   p50 {statistics.median(delays):6.1f} ms   p99 {percentile(delays, 0.99):6.1f} ms"
-              "   (goal: p99 under 20 ms)")  # fmt: skip
+        print(
+            f"   p50 {statistics.median(delays):6.1f} ms   p99 {percentile(delays, 0.99):6.1f} ms"
+            "   (goal: p99 under 20 ms)"
+        )
     finally:
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)

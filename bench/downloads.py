@@ -99,11 +99,25 @@ class Namespace:
         self.name = f"cdbench{os.getpid()}"
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "mtu", "1500", "up"], check=True)
-        rule = ["-A", "OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port), "-j", "NFQUEUE", "--queue-num", "1",
-                "--queue-bypass"]  # fmt: skip
+        rule = [
+            "-A",
+            "OUTPUT",
+            "-o",
+            "lo",
+            "-p",
+            "tcp",
+            "--dport",
+            str(port),
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            "1",
+            "--queue-bypass",
+        ]
         subprocess.run(in_ns(self.name, ["iptables", *rule]), check=True)
-        self.delay = subprocess.Popen(in_ns(self.name, [PYTHON, str(HERE / "netdelay.py"), "1", str(delay_ms)]),
-                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.delay = subprocess.Popen(
+            in_ns(self.name, [PYTHON, str(HERE / "netdelay.py"), "1", str(delay_ms)]), stdout=subprocess.PIPE, text=True
+        )
         assert self.delay.stdout and self.delay.stdout.readline().strip() == "ready"
 
     def close(self) -> None:
@@ -139,17 +153,37 @@ def run_curl(url: str, out: Path, ns: str | None, expected: str) -> tuple[float,
 def run_aria(url: str, out: Path, ns: str | None, expected: str) -> float:
     out.unlink(missing_ok=True)
     begin = time.perf_counter()
-    subprocess.run(in_ns(ns, ["aria2c", "-q", "-x16", "-s16", "-k1M", "--file-allocation=none",
-                              "--allow-overwrite=true", "--auto-file-renaming=false", f"--checksum=sha-256={expected}",
-                              "-d", str(out.parent), "-o", out.name, url]), check=True)  # fmt: skip
+    subprocess.run(
+        in_ns(
+            ns,
+            [
+                "aria2c",
+                "-q",
+                "-x16",
+                "-s16",
+                "-k1M",
+                "--file-allocation=none",
+                "--allow-overwrite=true",
+                "--auto-file-renaming=false",
+                f"--checksum=sha-256={expected}",
+                "-d",
+                str(out.parent),
+                "-o",
+                out.name,
+                url,
+            ],
+        ),
+        check=True,
+    )
     return time.perf_counter() - begin
 
 
 def run_ours(url: str, workspace: Path, ns: str | None, expected: str) -> float:
     shutil.rmtree(workspace, ignore_errors=True)
     begin = time.perf_counter()
-    result = subprocess.run(in_ns(ns, [PYTHON, str(HERE / "fetch_one.py"), url, str(workspace)]),
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        in_ns(ns, [PYTHON, str(HERE / "fetch_one.py"), url, str(workspace)]), capture_output=True, text=True, check=True
+    )
     elapsed = time.perf_counter() - begin
     done = [line for line in result.stdout.splitlines() if line.startswith("done ")][-1]
     assert done.split()[2] == expected, "ours: wrong bytes"
@@ -160,8 +194,12 @@ def resume(url: str, workspace: Path, ns: str | None, nginx: Nginx, size: int, e
     """Kill ours at 50 %, run again; return (bytes nginx sent in all, bytes the second run had to fetch)."""
     shutil.rmtree(workspace, ignore_errors=True)
     before = nginx.bytes_sent()
-    proc = subprocess.Popen(in_ns(ns, [PYTHON, str(HERE / "fetch_one.py"), url, str(workspace)]),
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        in_ns(ns, [PYTHON, str(HERE / "fetch_one.py"), url, str(workspace)]),
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert proc.stdout
     for line in proc.stdout:
         parts = line.split()
@@ -171,8 +209,9 @@ def resume(url: str, workspace: Path, ns: str | None, nginx: Nginx, size: int, e
     proc.wait()
     time.sleep(0.5)  # nginx logs the dropped requests
     first = nginx.bytes_sent() - before
-    result = subprocess.run(in_ns(ns, [PYTHON, str(HERE / "fetch_one.py"), url, str(workspace)]),
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        in_ns(ns, [PYTHON, str(HERE / "fetch_one.py"), url, str(workspace)]), capture_output=True, text=True, check=True
+    )
     assert f" {expected} " in result.stdout, "resume: wrong bytes"
     time.sleep(0.5)
     total = nginx.bytes_sent() - before
@@ -211,9 +250,11 @@ def main() -> int:
         print(f"{'tool':32} {'MiB/s':>8}")
         print(f"{'curl -o (no check)':32} {rate(size, curl_only):8.0f}")
         print(f"{'curl -o + sha256sum':32} {rate(size, curl_sha):8.0f}")
-        print(f"{'ours (segmented, verified)':32} {rate(size, ours):8.0f}   ratio ours/curl: "
-              f"{statistics.median(curl_only) / statistics.median(ours):.2f}x (no check), "
-              f"{statistics.median(curl_sha) / statistics.median(ours):.2f}x (+ sha256sum)")  # fmt: skip
+        print(
+            f"{'ours (segmented, verified)':32} {rate(size, ours):8.0f}   ratio ours/curl: "
+            f"{statistics.median(curl_only) / statistics.median(ours):.2f}x (no check), "
+            f"{statistics.median(curl_sha) / statistics.median(ours):.2f}x (+ sha256sum)"
+        )
 
         port = 18099
         ns = Namespace(port, delay_ms=40)
@@ -227,16 +268,20 @@ def main() -> int:
             print(f"{'tool':32} {'MiB/s':>8}")
             print(f"{'curl (one stream)':32} {rate(size, [c[0] for c in curl]):8.0f}   ({args.curl_cdn_runs} run)")
             print(f"{'aria2c -x16 -s16 -k1M':32} {rate(size, aria):8.0f}")
-            print(f"{'ours (16 segments)':32} {rate(size, ours):8.0f}   ratio ours/aria2c: "
-                  f"{statistics.median(aria) / statistics.median(ours):.2f}x")  # fmt: skip
+            print(
+                f"{'ours (16 segments)':32} {rate(size, ours):8.0f}   ratio ours/aria2c: "
+                f"{statistics.median(aria) / statistics.median(ours):.2f}x"
+            )
 
             total, second = resume(url, root / "ours-ws", ns.name, nginx, size, expected)
             twice = total - size
             print("\n3. resume: ours killed (-9) at 50 % over the CDN-like link, then run again")
             print(f"bytes sent by nginx in all: {total / MIB:.1f} MiB for a {size / MIB:.0f} MiB file")
             print(f"fetched by the second run:  {second / MIB:.1f} MiB")
-            print(f"fetched twice:              {twice / MIB:.1f} MiB = {100 * twice / size:.2f} % of the file"
-                  "   (goal: under 1 %)")  # fmt: skip
+            print(
+                f"fetched twice:              {twice / MIB:.1f} MiB = {100 * twice / size:.2f} % of the file"
+                "   (goal: under 1 %)"
+            )
             nginx.stop()
         finally:
             ns.close()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.common.settings import Settings  # noqa: E402
-from services.worker import engine  # noqa: E402
+from services.common.settings import Settings
+from services.worker import engine
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ def main() -> int:
     queue_num, delay = int(sys.argv[1]), float(sys.argv[2]) / 1000
     held: collections.deque = collections.deque()
 
-    def hold(packet) -> None:  # noqa: ANN001
+    def hold(packet) -> None:
         packet.retain()
         held.append((time.monotonic() + delay, packet))
 

@@ -19,9 +19,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.common import presets  # noqa: E402
-from services.common.settings import Settings  # noqa: E402
-from tests.helpers.redisserver import RedisServer  # noqa: E402
+from services.common import presets
+from services.common.settings import Settings
+from tests.helpers.redisserver import RedisServer
 
 FILES, FOLDERS, PRESETS, RUNS = 50_000, 30, 100, 20
 
@@ -40,9 +40,15 @@ def main() -> int:
             (folder / f"model_{i:05d}.safetensors").touch()
         settings.paths.user_presets.mkdir(parents=True)
         for p in range(PRESETS):
-            files = [{"url": f"https://example.com/{p}/{k}.safetensors", "folder": folders[k % 5],
-                      "filename": f"model_{(p * 4 + k) * 7 % FILES:05d}.safetensors" if k % 2 else f"p{p}_{k}.bin",
-                      "approx_size": "1 GB"} for k in range(4)]  # fmt: skip
+            files = [
+                {
+                    "url": f"https://example.com/{p}/{k}.safetensors",
+                    "folder": folders[k % 5],
+                    "filename": f"model_{(p * 4 + k) * 7 % FILES:05d}.safetensors" if k % 2 else f"p{p}_{k}.bin",
+                    "approx_size": "1 GB",
+                }
+                for k in range(4)
+            ]
             preset = {"id": f"bench-{p:03d}", "name": f"Bench {p}", "category": "image", "base": "x", "files": files}
             (settings.paths.user_presets / f"bench-{p:03d}.yaml").write_text(yaml.safe_dump(preset))
         client = redis_server.client()
@@ -63,12 +69,16 @@ def main() -> int:
             walks.append((time.perf_counter() - begin) * 1000)
         assert len(listed) >= PRESETS and found >= FILES
         ours = statistics.median(timings)
-        print(f"{len(listed)} presets ({PRESETS} generated + built-ins) with state, {FILES} files in {FOLDERS} folders,"
-              f" median of {RUNS}")  # fmt: skip
+        print(
+            f"{len(listed)} presets ({PRESETS} generated + built-ins) with state, {FILES} files in {FOLDERS} folders,"
+            f" median of {RUNS}"
+        )
         print(f"{'list with state (catalogue loaded)':40} {ours:8.1f} ms   (goal < 50 ms)")
         print(f"{'list via load() (stat-checked cache)':40} {statistics.median(with_load):8.1f} ms")
-        print(f"{'walking the volume instead (os.walk)':40} {statistics.median(walks):8.1f} ms   "
-              f"ratio walk/ours: {statistics.median(walks) / ours:.1f}x")  # fmt: skip
+        print(
+            f"{'walking the volume instead (os.walk)':40} {statistics.median(walks):8.1f} ms   "
+            f"ratio walk/ours: {statistics.median(walks) / ours:.1f}x"
+        )
     finally:
         redis_server.stop()
         shutil.rmtree(root, ignore_errors=True)

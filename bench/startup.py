@@ -48,9 +48,18 @@ def populate(workspace: Path) -> None:
 def steps_ms(workspace: Path) -> tuple[float, dict[str, float]]:
     run_dir = short_dir("cdb-")
     try:
-        out = subprocess.run([str(REPO / "docker" / "entrypoint.sh"), "--no-exec"], capture_output=True, text=True,
-                             env={"WORKSPACE": str(workspace), "RUN_DIR": str(run_dir), "PATH": "/usr/bin:/bin",
-                                  "DASHBOARD_PASSWORD": "bench"}, check=True)  # fmt: skip
+        out = subprocess.run(
+            [str(REPO / "docker" / "entrypoint.sh"), "--no-exec"],
+            capture_output=True,
+            text=True,
+            env={
+                "WORKSPACE": str(workspace),
+                "RUN_DIR": str(run_dir),
+                "PATH": "/usr/bin:/bin",
+                "DASHBOARD_PASSWORD": "bench",
+            },
+            check=True,
+        )
         del out
         report = json.loads((run_dir / "startup.json").read_text())
         return report["total_ms"], {s["name"]: s["ms"] for s in report["steps"]}
@@ -76,7 +85,7 @@ def ready_seconds(root: Path) -> dict[str, float]:
                 try:
                     bus.connect(s, timeout=0.2).ping()
                     marks["redis"] = now
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
             if "dashboard" not in marks and _ok(f"http://127.0.0.1:{s.dashboard_port}/livez"):
                 marks["dashboard"] = now
@@ -87,13 +96,13 @@ def ready_seconds(root: Path) -> dict[str, float]:
                 try:
                     reply.get(timeout=0.5)
                     marks["worker"] = time.time()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
                 del reply
             # Polling supervisord also keeps its loop awake, as the health service does.
             try:
                 stack.rpc().supervisor.getState()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
             time.sleep(0.02)
     finally:
@@ -130,7 +139,7 @@ def copy_seconds(source: Path, dest: Path) -> float:
     return time.perf_counter() - begin
 
 
-def _quiet_stale_results(unraisable) -> None:  # noqa: ANN001
+def _quiet_stale_results(unraisable) -> None:
     # Celery's AsyncResult.__del__ unsubscribes from a result store that the finished stack took with it.
     if isinstance(unraisable.exc_value, RuntimeError) and "result store" in str(unraisable.exc_value):
         return

@@ -28,8 +28,13 @@ def tls(tls_file_server):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tls):
-    stack = Stack(tmp_path_factory.mktemp("browser"), DOWNLOADS_ALLOW_PRIVATE_HOSTS="1", DOWNLOADS_RESERVE_MB="0",
-                  SSL_CERT_FILE=str(tls.cert), HEALTH_INTERVAL="1")  # fmt: skip
+    stack = Stack(
+        tmp_path_factory.mktemp("browser"),
+        DOWNLOADS_ALLOW_PRIVATE_HOSTS="1",
+        DOWNLOADS_RESERVE_MB="0",
+        SSL_CERT_FILE=str(tls.cert),
+        HEALTH_INTERVAL="1",
+    )
     stack.start()
     stack.wait_running()
     yield stack
@@ -72,8 +77,10 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     row = page.get_by_test_id("download-model.safetensors")
     expect(row).to_be_visible(timeout=15_000)
     expect(row.locator(".job-running")).to_be_visible(timeout=15_000)
-    page.wait_for_function("Number(document.querySelector('[data-testid=\"download-model.safetensors\"] progress')"
-                           "?.value) > 25", timeout=30_000)  # fmt: skip
+    page.wait_for_function(
+        "Number(document.querySelector('[data-testid=\"download-model.safetensors\"] progress')?.value) > 25",
+        timeout=30_000,
+    )
     shot(page, "downloads", tmp_path)
     expect(row.locator("progress")).to_have_attribute("value", "100.0", timeout=60_000)
     expect(row.locator(".badge")).to_have_text("done")
@@ -112,10 +119,22 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     # Install and remove a preset (a user preset served by the https test server).
     small = os.urandom(200_000)
     tls.add("ui/preset.safetensors", small)
-    preset = {"id": "ui-test", "name": "UI test preset", "category": "image", "base": "test", "description":
-              "A preset for the browser test.", "files": [{"url": f"https://127.0.0.1:{tls.port}/ui/preset.safetensors",
-              "folder": "checkpoints", "filename": "ui_preset.safetensors", "size": len(small),
-              "sha256": hashlib.sha256(small).hexdigest()}]}  # fmt: skip
+    preset = {
+        "id": "ui-test",
+        "name": "UI test preset",
+        "category": "image",
+        "base": "test",
+        "description": "A preset for the browser test.",
+        "files": [
+            {
+                "url": f"https://127.0.0.1:{tls.port}/ui/preset.safetensors",
+                "folder": "checkpoints",
+                "filename": "ui_preset.safetensors",
+                "size": len(small),
+                "sha256": hashlib.sha256(small).hexdigest(),
+            }
+        ],
+    }
     s.paths.user_presets.mkdir(parents=True, exist_ok=True)
     (s.paths.user_presets / "ui-test.yaml").write_text(yaml.safe_dump(preset))
     page.goto(base + "/presets?q=ui-test")

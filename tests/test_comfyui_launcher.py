@@ -19,14 +19,26 @@ from tests.helpers.procs import REPO, VENV_PYTHON, wait_for
 
 def launch(settings, **extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMFYUI_", "DASHBOARD_"))}
-    env.update({
-        "WORKSPACE": str(settings.workspace), "RUN_DIR": str(settings.run_dir),
-        "COMFYUI_DIR": str(settings.comfyui_dir), "COMFYUI_PYTHON": str(settings.comfyui_python),
-        "COMFYUI_LISTEN": "127.0.0.1", "COMFYUI_PORT": str(settings.comfyui_port),
-        "STANDIN_STARTUP_SECONDS": "0.2", **extra,
-    })  # fmt: skip
-    return subprocess.Popen([str(VENV_PYTHON), "-m", "services.comfyui"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    env.update(
+        {
+            "WORKSPACE": str(settings.workspace),
+            "RUN_DIR": str(settings.run_dir),
+            "COMFYUI_DIR": str(settings.comfyui_dir),
+            "COMFYUI_PYTHON": str(settings.comfyui_python),
+            "COMFYUI_LISTEN": "127.0.0.1",
+            "COMFYUI_PORT": str(settings.comfyui_port),
+            "STANDIN_STARTUP_SECONDS": "0.2",
+            **extra,
+        }
+    )
+    return subprocess.Popen(
+        [str(VENV_PYTHON), "-m", "services.comfyui"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_argv_from_settings(settings):

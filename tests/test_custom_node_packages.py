@@ -55,8 +55,9 @@ def test_node_packages_survive_a_restart_and_never_shadow_the_venv(stack_factory
 
     # What ComfyUI-Manager does for a node's requirements: `python -m pip install ...` in ComfyUI's env.
     wheel = make_wheel(tmp_path, "tinynode_dep", "1.0", "ANSWER = 42\n")
-    install = run_in_comfyui(env, "-m", "pip", "install", "--no-index", "--no-deps", "--disable-pip-version-check",
-                             str(wheel))  # fmt: skip
+    install = run_in_comfyui(
+        env, "-m", "pip", "install", "--no-index", "--no-deps", "--disable-pip-version-check", str(wheel)
+    )
     assert install.returncode == 0, install.stderr
     assert (workspace / "python" / "tinynode_dep.py").exists()
     # A node that drags in its own copy of a package the venv already has must not replace it.

@@ -37,9 +37,16 @@ def server(module_file_server):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("dash"), DOWNLOADS_ALLOW_PRIVATE_HOSTS="1", DOWNLOADS_MIN_SEGMENTED_MB="1",
-                  DOWNLOADS_SEGMENT_MB="1", DOWNLOADS_RESERVE_MB="0", HF_TOKEN=HF_SENTINEL,
-                  CIVITAI_TOKEN=CIVITAI_SENTINEL, DASHBOARD_WORKERS="2")  # fmt: skip
+    stack = Stack(
+        tmp_path_factory.mktemp("dash"),
+        DOWNLOADS_ALLOW_PRIVATE_HOSTS="1",
+        DOWNLOADS_MIN_SEGMENTED_MB="1",
+        DOWNLOADS_SEGMENT_MB="1",
+        DOWNLOADS_RESERVE_MB="0",
+        HF_TOKEN=HF_SENTINEL,
+        CIVITAI_TOKEN=CIVITAI_SENTINEL,
+        DASHBOARD_WORKERS="2",
+    )
     stack.start()
     stack.wait_running()
     wait_for(lambda: requests.get(f"http://127.0.0.1:{stack.settings.dashboard_port}/livez", timeout=2).ok, 30)
@@ -66,8 +73,11 @@ def login(base: str) -> tuple[requests.Session, str]:
 
 
 def sample_path(rule: str) -> str:
-    return re.sub(r"<(?:[^:>]+:)?([^>]+)>", lambda m: {"name": "worker", "action": "restart", "folder": "loras"}
-                  .get(m.group(1), "x"), rule)  # fmt: skip
+    return re.sub(
+        r"<(?:[^:>]+:)?([^>]+)>",
+        lambda m: {"name": "worker", "action": "restart", "folder": "loras"}.get(m.group(1), "x"),
+        rule,
+    )
 
 
 # --- E1: every route and the WebSocket refuse anonymous callers ----------------------------------------
@@ -120,8 +130,10 @@ def test_a_flood_of_anonymous_sockets_is_refused_before_it_holds_a_thread(stack,
 def test_login_is_rate_limited_in_redis(stack, base):
     client = bus.connect(stack.settings)
     try:
-        codes = [requests.post(f"{base}/login", data={"password": f"guess{i}"}, allow_redirects=False).status_code
-                 for i in range(14)]  # fmt: skip
+        codes = [
+            requests.post(f"{base}/login", data={"password": f"guess{i}"}, allow_redirects=False).status_code
+            for i in range(14)
+        ]
         assert codes[:10] == [401] * 10 and set(codes[10:]) == {429}
         # Even the right password waits now: the counter is shared by every gunicorn worker.
         right = requests.post(f"{base}/login", data={"password": PASSWORD}, allow_redirects=False)
@@ -134,8 +146,9 @@ def test_login_is_rate_limited_in_redis(stack, base):
 
 def test_session_cookie_is_httponly_lax_and_secure_behind_https(base):
     for proto, secure in (("https", True), ("http", False)):
-        response = requests.post(f"{base}/login", data={"password": PASSWORD}, allow_redirects=False,
-                                 headers={"X-Forwarded-Proto": proto})  # fmt: skip
+        response = requests.post(
+            f"{base}/login", data={"password": PASSWORD}, allow_redirects=False, headers={"X-Forwarded-Proto": proto}
+        )
         cookie = response.headers["Set-Cookie"]
         assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
         assert ("Secure" in cookie) == secure, cookie
@@ -153,15 +166,24 @@ def test_csrf_and_origin(stack, base, bearer):
     evil = {"X-CSRF-Token": token, "Origin": "https://evil.example"}
     assert session.put(target, json={}, headers=evil).status_code == 403
     assert requests.put(target, json={}, headers={**bearer, "Origin": "https://evil.example"}).status_code == 403
-    assert requests.post(f"{base}/login", data={"password": PASSWORD}, headers={"Origin": "https://evil.example"},
-                         allow_redirects=False).status_code == 403  # fmt: skip
+    assert (
+        requests.post(
+            f"{base}/login",
+            data={"password": PASSWORD},
+            headers={"Origin": "https://evil.example"},
+            allow_redirects=False,
+        ).status_code
+        == 403
+    )
     cookie = "; ".join(f"{k}={v}" for k, v in session.cookies.items())
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-        websocket.create_connection(base.replace("http", "ws") + "/ws", header=[f"Cookie: {cookie}"],
-                                    origin="https://evil.example", timeout=5)  # fmt: skip
+        websocket.create_connection(
+            base.replace("http", "ws") + "/ws", header=[f"Cookie: {cookie}"], origin="https://evil.example", timeout=5
+        )
     assert refused.value.status_code == 403
-    ws = websocket.create_connection(base.replace("http", "ws") + "/ws", header=[f"Cookie: {cookie}"],
-                                     origin=base, timeout=5)  # fmt: skip
+    ws = websocket.create_connection(
+        base.replace("http", "ws") + "/ws", header=[f"Cookie: {cookie}"], origin=base, timeout=5
+    )
     assert json.loads(ws.recv())["type"] == "snapshot"
     ws.close()
 
@@ -236,19 +258,27 @@ def test_bad_input_gets_a_clear_error(stack, base, bearer, method, path, kwargs,
 def test_downloads_models_and_tokens_through_the_api(stack, base, bearer, server):
     data = os.urandom(1_500_000)
     url = server.add("api/model.safetensors", data)
-    response = requests.post(f"{base}/api/downloads", json={"url": url, "folder": "loras",
-                                                             "sha256": hashlib.sha256(data).hexdigest()},
-                             headers=bearer)  # fmt: skip
+    response = requests.post(
+        f"{base}/api/downloads",
+        json={"url": url, "folder": "loras", "sha256": hashlib.sha256(data).hexdigest()},
+        headers=bearer,
+    )
     assert response.status_code == 202
     job_id = response.json()["id"]
-    done = wait_for(lambda: (j := requests.get(f"{base}/api/downloads/{job_id}", headers=bearer).json())["state"]
-                    in ("done", "failed") and j, 60)  # fmt: skip
+    done = wait_for(
+        lambda: (
+            (j := requests.get(f"{base}/api/downloads/{job_id}", headers=bearer).json())["state"] in ("done", "failed")
+            and j
+        ),
+        60,
+    )
     assert done["state"] == "done", done
     listed = requests.get(f"{base}/api/models/loras", headers=bearer).json()["models"]
     assert {"name": "model.safetensors", "size": len(data)} == {k: listed[0][k] for k in ("name", "size")}
     assert requests.post(f"{base}/api/downloads/{job_id}/retry", headers=bearer).status_code == 409
     assert requests.delete(f"{base}/api/models/loras/model.safetensors", headers=bearer).json() == {
-        "deleted": "loras/model.safetensors"}  # fmt: skip
+        "deleted": "loras/model.safetensors"
+    }
     assert requests.get(f"{base}/api/models/loras", headers=bearer).json()["models"] == []
     assert requests.delete(f"{base}/api/downloads", headers=bearer).json()["cleared"] >= 1
 
@@ -342,15 +372,23 @@ def test_openapi_contract_holds_for_every_route(stack):
             continue  # fuzzing would stop the stack under test; covered by the tests above
 
         # derandomize: the same cases on every run, so CI cannot pass one day and fail the next.
-        @hypothesis.settings(max_examples=8, derandomize=True, deadline=None, database=None,
-                             suppress_health_check=list(hypothesis.HealthCheck))  # fmt: skip
+        @hypothesis.settings(
+            max_examples=8,
+            derandomize=True,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
         @hypothesis.given(case=op.as_strategy())
-        def check(case) -> None:  # noqa: ANN001
+        def check(case) -> None:
             nonlocal ran
             response = case.call(headers={"Authorization": f"Bearer {PASSWORD}"})
             ran += 1
-            assert response.status_code < 500 or response.status_code == 503, (case.method, case.formatted_path,
-                                                                                 response.text)  # fmt: skip
+            assert response.status_code < 500 or response.status_code == 503, (
+                case.method,
+                case.formatted_path,
+                response.text,
+            )
             # Anonymous calls are checked just below (ignored_auth would send our valid bearer along); whether
             # schema-valid data is accepted depends on the world (DNS, files), not on the contract.
             case.validate_response(response, excluded_checks=[ignored_auth, positive_data_acceptance])
@@ -369,8 +407,15 @@ def test_secrets_never_leave_the_environment(stack, base, bearer):
     seen = []
     for path in ("/", "/services", "/logs/worker", "/downloads", "/presets", "/models", "/settings"):
         seen.append(session.get(base + path).text)
-    for path in ("/api/status", "/api/services", "/api/downloads", "/api/presets", "/api/settings",
-                 "/api/logs/worker?lines=5000", "/api/logs/dashboard?lines=5000"):  # fmt: skip
+    for path in (
+        "/api/status",
+        "/api/services",
+        "/api/downloads",
+        "/api/presets",
+        "/api/settings",
+        "/api/logs/worker?lines=5000",
+        "/api/logs/dashboard?lines=5000",
+    ):
         seen.append(requests.get(base + path, headers=bearer).text)
     ws = websocket.create_connection(
         base.replace("http", "ws") + "/ws", header=[f"Authorization: Bearer {PASSWORD}"], timeout=10

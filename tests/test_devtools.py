@@ -29,9 +29,14 @@ def test_programs_only_where_installed(settings, tmp_path):
 
 
 def test_missing_tool_says_so(tmp_path):
-    env = {**os.environ, "WORKSPACE": str(tmp_path), "DEVTOOLS_DIR": str(tmp_path / "none"),
-           "DASHBOARD_PASSWORD": "x"}  # fmt: skip
-    result = subprocess.run([str(VENV_PYTHON), "-m", "services.devtools", "jupyter"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    env = {**os.environ, "WORKSPACE": str(tmp_path), "DEVTOOLS_DIR": str(tmp_path / "none"), "DASHBOARD_PASSWORD": "x"}
+    result = subprocess.run(
+        [str(VENV_PYTHON), "-m", "services.devtools", "jupyter"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1 and "jupyter is not installed" in result.stderr
     assert "Traceback" not in result.stderr

@@ -45,8 +45,17 @@ def stage_chain(name: str) -> list[dict]:
 
 
 def test_hadolint():
-    result = subprocess.run([str(BIN / "hadolint"), "--no-color", "--config", str(REPO / ".hadolint.yaml"),
-                             str(REPO / "docker" / "Dockerfile")], capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [
+            str(BIN / "hadolint"),
+            "--no-color",
+            "--config",
+            str(REPO / ".hadolint.yaml"),
+            str(REPO / "docker" / "Dockerfile"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

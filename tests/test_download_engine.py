@@ -42,14 +42,27 @@ def sha(data: bytes) -> str:
 @pytest.fixture
 def s(tmp_path) -> Settings:
     return Settings(
-        workspace=tmp_path / "ws", downloads_allow_private_hosts=True, downloads_backoff=0.0, downloads_retries=3,
-        downloads_read_timeout=1.0, downloads_min_segmented_mb=2, downloads_segment_mb=1, downloads_connections=4,
+        workspace=tmp_path / "ws",
+        downloads_allow_private_hosts=True,
+        downloads_backoff=0.0,
+        downloads_retries=3,
+        downloads_read_timeout=1.0,
+        downloads_min_segmented_mb=2,
+        downloads_segment_mb=1,
+        downloads_connections=4,
         downloads_reserve_mb=0,
-    )  # fmt: skip
+    )
 
 
-def fetch(settings: Settings, url: str, folder: str = "checkpoints", filename: str | None = None,
-          sha256: str | None = None, size: int | None = None, **ctx: object) -> engine.Outcome:  # fmt: skip
+def fetch(
+    settings: Settings,
+    url: str,
+    folder: str = "checkpoints",
+    filename: str | None = None,
+    sha256: str | None = None,
+    size: int | None = None,
+    **ctx: object,
+) -> engine.Outcome:
     request = engine.Request("ab" * 8, url, folder, filename, sha256, size)
     return engine.fetch(request, engine.Context(settings, **ctx))
 
@@ -115,8 +128,10 @@ def test_forbidden_urls_are_refused_before_connecting(s, url, message):
         fetch(s, url, filename="x.bin")
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "2130706433", "0x7f000001", "[::1]", "[::ffff:127.0.0.1]", "10.1.2.3",
-                                  "100.64.0.1", "192.168.1.1"])  # fmt: skip
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "2130706433", "0x7f000001", "[::1]", "[::ffff:127.0.0.1]", "10.1.2.3", "100.64.0.1", "192.168.1.1"],
+)
 def test_private_hosts_refused_unless_allowed(s, host):
     strict = s.model_copy(update={"downloads_allow_private_hosts": False})
     with pytest.raises(DownloadError, match="refused"):
@@ -130,8 +145,10 @@ def test_redirect_to_a_forbidden_host_is_refused(s, file_server):
         fetch(s, file_server.url("f.bin"))
 
 
-@pytest.mark.parametrize(("status", "message"), [(401, "refused access \\(401\\)"), (403, "refused access \\(403\\)"),
-                                                 (404, "not found \\(404\\)")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [(401, "refused access \\(401\\)"), (403, "refused access \\(403\\)"), (404, "not found \\(404\\)")],
+)
 def test_client_errors_fail_at_once_with_a_fix(s, file_server, status, message):
     file_server.add("f.bin", b"data")
     file_server.fault("f.bin", status=status)
@@ -158,8 +175,11 @@ def test_stall_or_reset_resumes_from_the_part(s, file_server, fault):
     file_server.fault("f.bin", times=1, **fault)
     out = fetch(s, file_server.url("f.bin"), sha256=sha(data))
     assert out.path.read_bytes() == data
-    resumed = [r for r in file_server.requests if r["headers"].get("Range", "").startswith("bytes=") and
-               r["headers"]["Range"] not in ("bytes=0-0",)]  # fmt: skip
+    resumed = [
+        r
+        for r in file_server.requests
+        if r["headers"].get("Range", "").startswith("bytes=") and r["headers"]["Range"] not in ("bytes=0-0",)
+    ]
     assert resumed and resumed[-1]["headers"]["Range"] != "bytes=0-" and "If-Range" in resumed[-1]["headers"]
     assert out.resumed_from > 0 and out.fetched < len(data)
 
@@ -175,8 +195,10 @@ def test_server_ignoring_range_on_resume_starts_over(s, file_server):
     file_server.fault("f.bin", ignore_range=True)  # now the server answers every Range with 200
     out = fetch(s, file_server.url("f.bin"), sha256=sha(data))
     assert out.path.read_bytes() == data and out.resumed_from == 0  # started over, never appended
-    assert any(r["headers"].get("Range", "").startswith("bytes=") and r["headers"]["Range"] != "bytes=0-0"
-               for r in file_server.requests)  # fmt: skip
+    assert any(
+        r["headers"].get("Range", "").startswith("bytes=") and r["headers"]["Range"] != "bytes=0-0"
+        for r in file_server.requests
+    )
 
 
 def test_content_changed_between_attempts_starts_over(s, file_server):
@@ -324,8 +346,14 @@ def test_kill_9_mid_download_then_resume_fetches_only_the_rest(s, file_server, s
     data = blob(12 * MIB)
     file_server.add("f.bin", data)
     file_server.fault("f.bin", stall_after=7 * MIB + 123_456, stall_seconds=30, stall_resume=True)
-    settings = s.model_copy(update={"downloads_min_segmented_mb": 1 if segmented else 100, "downloads_segment_mb": 4,
-                                    "downloads_connections": 1, "downloads_read_timeout": 60})  # fmt: skip
+    settings = s.model_copy(
+        update={
+            "downloads_min_segmented_mb": 1 if segmented else 100,
+            "downloads_segment_mb": 4,
+            "downloads_connections": 1,
+            "downloads_read_timeout": 60,
+        }
+    )
     proc = multiprocessing.get_context("spawn").Process(
         target=_killable_fetch, args=(settings.model_dump_json(), file_server.url("f.bin"))
     )
@@ -371,8 +399,11 @@ def test_hugging_face_token_only_to_its_host_and_sha_from_linked_etag(s, file_se
     data = blob(3 * MIB)
     cdn = f"http://localhost:{file_server.port}/cdn/abc"
     file_server.add("cdn/abc", data)
-    file_server.redirect("org/repo/resolve/main/unet/model.safetensors", cdn,
-                         {"X-Linked-Etag": f'"{sha(data)}"', "X-Linked-Size": str(len(data))})  # fmt: skip
+    file_server.redirect(
+        "org/repo/resolve/main/unet/model.safetensors",
+        cdn,
+        {"X-Linked-Etag": f'"{sha(data)}"', "X-Linked-Size": str(len(data))},
+    )
     hf = s.model_copy(update={"hf_endpoint": file_server.base_url, "hf_token": SecretStr(SENTINEL_HF)})
     caplog.set_level(logging.DEBUG)
     out = fetch(hf, f"{file_server.base_url}/org/repo/blob/main/unet/model.safetensors", folder="diffusion_models")
@@ -387,8 +418,11 @@ def test_hugging_face_token_only_to_its_host_and_sha_from_linked_etag(s, file_se
 def test_hugging_face_linked_etag_catches_wrong_bytes(s, file_server):
     data = blob(100_000)
     file_server.add("cdn/x", b"not the model")
-    file_server.redirect("org/repo/resolve/main/m.safetensors", f"http://localhost:{file_server.port}/cdn/x",
-                         {"X-Linked-Etag": f'"{sha(data)}"'})  # fmt: skip
+    file_server.redirect(
+        "org/repo/resolve/main/m.safetensors",
+        f"http://localhost:{file_server.port}/cdn/x",
+        {"X-Linked-Etag": f'"{sha(data)}"'},
+    )
     hf = s.model_copy(update={"hf_endpoint": file_server.base_url})
     with pytest.raises(DownloadError, match="sha256 mismatch"):
         fetch(hf, f"{file_server.base_url}/org/repo/resolve/main/m.safetensors")
@@ -410,13 +444,22 @@ def test_hugging_face_gated_model_says_what_to_do(s, file_server, token):
 def civitai(file_server, data: bytes, sha256: str | None = None) -> str:
     file_server.add("cdn/signed", data)
     file_server.redirect("api/download/models/456", f"http://localhost:{file_server.port}/cdn/signed")
-    file_server.add_json("api/v1/model-versions/456", {
-        "id": 456, "modelId": 123,
-        "files": [{"name": "other.yaml", "primary": False, "downloadUrl": "x"},
-                  {"name": "cool_lora.safetensors", "primary": True,
-                   "hashes": {"SHA256": (sha256 or sha(data)).upper()},
-                   "downloadUrl": f"{file_server.base_url}/api/download/models/456"}],
-    })  # fmt: skip
+    file_server.add_json(
+        "api/v1/model-versions/456",
+        {
+            "id": 456,
+            "modelId": 123,
+            "files": [
+                {"name": "other.yaml", "primary": False, "downloadUrl": "x"},
+                {
+                    "name": "cool_lora.safetensors",
+                    "primary": True,
+                    "hashes": {"SHA256": (sha256 or sha(data)).upper()},
+                    "downloadUrl": f"{file_server.base_url}/api/download/models/456",
+                },
+            ],
+        },
+    )
     file_server.add_json("api/v1/models/123", {"id": 123, "modelVersions": [{"id": 456}, {"id": 400}]})
     return file_server.base_url
 
@@ -473,9 +516,15 @@ def test_civitai_signed_url_expiring_mid_download_is_resolved_again(s, file_serv
 def test_no_token_in_manifest_or_errors(s, file_server):
     file_server.add("org/repo/resolve/main/m.bin", blob(5 * MIB))
     file_server.fault("org/repo/resolve/main/m.bin", stall_after=1 * MIB, stall_seconds=3)
-    hf = s.model_copy(update={"hf_endpoint": file_server.base_url, "hf_token": SecretStr(SENTINEL_HF),
-                              "downloads_retries": 0, "downloads_min_segmented_mb": 100,
-                              "downloads_read_timeout": 0.5})  # fmt: skip
+    hf = s.model_copy(
+        update={
+            "hf_endpoint": file_server.base_url,
+            "hf_token": SecretStr(SENTINEL_HF),
+            "downloads_retries": 0,
+            "downloads_min_segmented_mb": 100,
+            "downloads_read_timeout": 0.5,
+        }
+    )
     with pytest.raises(DownloadError) as err:
         fetch(hf, f"{file_server.base_url}/org/repo/resolve/main/m.bin?token={SENTINEL_HF}")
     assert SENTINEL_HF not in str(err.value)

@@ -46,13 +46,22 @@ def tls_server(tls_file_server):
 def stack(tmp_path_factory, server, tls_server):
     stack = Stack(
         tmp_path_factory.mktemp("dl"),
-        DOWNLOADS_ALLOW_PRIVATE_HOSTS="1", DOWNLOADS_BACKOFF="0.2", DOWNLOADS_RETRIES="3",
-        DOWNLOADS_READ_TIMEOUT="3", DOWNLOADS_HEARTBEAT_STALE="6", DOWNLOADS_RECONCILE_INTERVAL="2",
-        DOWNLOADS_MIN_SEGMENTED_MB="2", DOWNLOADS_SEGMENT_MB="1", DOWNLOADS_CONNECTIONS="2",
-        DOWNLOADS_RESERVE_MB="0", DOWNLOADS_MAX_ATTEMPTS="3", WORKER_CONCURRENCY="2",
-        HF_ENDPOINT=f"http://localhost:{server.port}", HF_TOKEN=SENTINEL,  # generic files stay on 127.0.0.1
+        DOWNLOADS_ALLOW_PRIVATE_HOSTS="1",
+        DOWNLOADS_BACKOFF="0.2",
+        DOWNLOADS_RETRIES="3",
+        DOWNLOADS_READ_TIMEOUT="3",
+        DOWNLOADS_HEARTBEAT_STALE="6",
+        DOWNLOADS_RECONCILE_INTERVAL="2",
+        DOWNLOADS_MIN_SEGMENTED_MB="2",
+        DOWNLOADS_SEGMENT_MB="1",
+        DOWNLOADS_CONNECTIONS="2",
+        DOWNLOADS_RESERVE_MB="0",
+        DOWNLOADS_MAX_ATTEMPTS="3",
+        WORKER_CONCURRENCY="2",
+        HF_ENDPOINT=f"http://localhost:{server.port}",
+        HF_TOKEN=SENTINEL,  # generic files stay on 127.0.0.1
         SSL_CERT_FILE=str(tls_server.cert),  # the worker trusts the test server's https
-    )  # fmt: skip
+    )
     stack.start()
     stack.wait_running()
     yield stack
@@ -64,8 +73,9 @@ def client(stack):
     return bus.connect(stack.settings)
 
 
-def submit(stack, client, url: str, folder: str = "checkpoints", filename: str | None = None,
-           sha256: str | None = None) -> messages.DownloadJob:  # fmt: skip
+def submit(
+    stack, client, url: str, folder: str = "checkpoints", filename: str | None = None, sha256: str | None = None
+) -> messages.DownloadJob:
     job, created = jobs.submit(stack.settings, client, url, folder, filename, sha256)
     assert created
     return job
@@ -291,8 +301,11 @@ def test_failures_reach_the_job_with_a_message_and_no_token(stack, server, clien
     # The token is nowhere but the environment: not in Redis, not in a log, not in a task message.
     for key in client.keys("*"):
         kind = client.type(key)
-        values = {"string": lambda k: [client.get(k)], "hash": lambda k: list(client.hgetall(k).values()),
-                  "list": lambda k: client.lrange(k, 0, -1)}.get(kind, lambda k: [])(key)  # fmt: skip
+        values = {
+            "string": lambda k: [client.get(k)],
+            "hash": lambda k: list(client.hgetall(k).values()),
+            "list": lambda k: client.lrange(k, 0, -1),
+        }.get(kind, lambda k: [])(key)
         assert not any(SENTINEL in str(v) for v in values), key
     for log in stack.settings.paths.logs.glob("*.log*"):
         assert SENTINEL not in log.read_text(errors="replace"), log
@@ -305,11 +318,27 @@ def test_a_user_preset_installs_live_missing_partial_installed(stack, tls_server
     tls_server.add("p/big.safetensors", slow)
     tls_server.fault("p/big.safetensors", rate=1_000_000)  # ~2 s: the preset is partial meanwhile
     base = f"https://127.0.0.1:{tls_server.port}/p"
-    preset = {"id": "live-test", "name": "Live test", "category": "image", "base": "test", "files": [
-        {"url": f"{base}/vae.safetensors", "folder": "vae", "filename": "live_vae.safetensors", "size": len(small),
-         "sha256": hashlib.sha256(small).hexdigest()},
-        {"url": f"{base}/big.safetensors", "folder": "checkpoints", "filename": "live_big.safetensors",
-         "approx_size": "2 MB"}]}  # fmt: skip
+    preset = {
+        "id": "live-test",
+        "name": "Live test",
+        "category": "image",
+        "base": "test",
+        "files": [
+            {
+                "url": f"{base}/vae.safetensors",
+                "folder": "vae",
+                "filename": "live_vae.safetensors",
+                "size": len(small),
+                "sha256": hashlib.sha256(small).hexdigest(),
+            },
+            {
+                "url": f"{base}/big.safetensors",
+                "folder": "checkpoints",
+                "filename": "live_big.safetensors",
+                "approx_size": "2 MB",
+            },
+        ],
+    }
     s = stack.settings
     s.paths.user_presets.mkdir(parents=True, exist_ok=True)
     (s.paths.user_presets / "live.yaml").write_text(yaml.safe_dump(preset))

@@ -11,8 +11,10 @@ from tests.helpers.redisserver import RedisServer
 
 def test_reads_an_event_from_the_protocol():
     payload = "processname:worker groupname:worker from_state:RUNNING expected:0 pid:123"
-    stream = io.StringIO(f"ver:3.0 server:supervisor serial:1 pool:events poolserial:1 eventname:PROCESS_STATE_EXITED "
-                         f"len:{len(payload)}\n{payload}")  # fmt: skip
+    stream = io.StringIO(
+        f"ver:3.0 server:supervisor serial:1 pool:events poolserial:1 eventname:PROCESS_STATE_EXITED "
+        f"len:{len(payload)}\n{payload}"
+    )
     header, body = read_event(stream)
     assert header["eventname"] == "PROCESS_STATE_EXITED"
     event = state_event(header["eventname"], body)

@@ -30,8 +30,14 @@ def http(port: int, path: str) -> tuple[int, dict]:
 
 
 def cli(env: dict, *args: str) -> tuple[int, str]:
-    result = subprocess.run([str(VENV_PYTHON), "-m", "services.health", "check", *args], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [str(VENV_PYTHON), "-m", "services.health", "check", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return result.returncode, result.stdout
 
 
@@ -47,8 +53,9 @@ def test_workspace_read_only_and_full(settings):
         result = run_checks(settings.model_copy(update={"workspace": ws}), ["workspace"])[0]
     assert result.status == "fail" and "is not writable: Read-only file system" in result.reason
     with tmpfs(short_dir("cdh-") / "full", size="8m") as ws:
-        s = settings.model_copy(update={"workspace": ws, "workspace_critical_free_gb": 0.004,
-                                        "workspace_warn_free_gb": 0.006})  # fmt: skip
+        s = settings.model_copy(
+            update={"workspace": ws, "workspace_critical_free_gb": 0.004, "workspace_warn_free_gb": 0.006}
+        )
         assert run_checks(s, ["workspace"])[0].status == "ok"
         fill(ws, leave=5 * 2**20)
         warn = run_checks(s, ["workspace"])[0]
@@ -115,8 +122,13 @@ def test_states_table():
 def live(stack_factory):
     mount = short_dir("cdw-")
     with tmpfs(mount / "ws", size="64m") as ws:
-        stack = stack_factory(WORKSPACE=str(ws), HEALTH_INTERVAL="1", WORKSPACE_WARN_FREE_GB="0.01",
-                              WORKSPACE_CRITICAL_FREE_GB="0.002", STANDIN_STARTUP_SECONDS="4")  # fmt: skip
+        stack = stack_factory(
+            WORKSPACE=str(ws),
+            HEALTH_INTERVAL="1",
+            WORKSPACE_WARN_FREE_GB="0.01",
+            WORKSPACE_CRITICAL_FREE_GB="0.002",
+            STANDIN_STARTUP_SECONDS="4",
+        )
         stack.start()
         yield stack
         stack.stop()
@@ -150,8 +162,16 @@ def test_live_stack_health(live):
     code, out = cli(stack.env, "--json")
     report = json.loads(out)
     assert code == 0 and report["state"] == "healthy", out
-    assert set(by_name(report)) == {"workspace", "model_paths", "supervisor", "redis", "worker", "dashboard",
-                                    "comfyui", "gpu"}  # fmt: skip
+    assert set(by_name(report)) == {
+        "workspace",
+        "model_paths",
+        "supervisor",
+        "redis",
+        "worker",
+        "dashboard",
+        "comfyui",
+        "gpu",
+    }
     assert by_name(report)["comfyui"]["data"]["version"]
 
     # Worker alive but not consuming (SIGSTOP): only a real task through the queue sees it.
@@ -200,7 +220,7 @@ def test_live_stack_health(live):
         holder.listen()
         try:
             stack.rpc().supervisor.startProcess("comfyui")
-        except Exception:  # noqa: BLE001 - supervisord answers SPAWN_ERROR once it gives up
+        except Exception:
             pass
         body = wait_check(stack, "supervisor", "fail", "comfyui is FATAL", timeout=60)
     assert "already in use" in by_name(body)["supervisor"]["reason"]

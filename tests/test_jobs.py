@@ -34,8 +34,10 @@ def test_loopback_needs_the_setting(settings):
 
 
 def test_tokens_are_stripped_from_urls():
-    assert jobs.netsafe.clean_url("https://civitai.com/api/download/models/1?type=Model&token=abc#x") == \
-        "https://civitai.com/api/download/models/1?type=Model"  # fmt: skip
+    assert (
+        jobs.netsafe.clean_url("https://civitai.com/api/download/models/1?type=Model&token=abc#x")
+        == "https://civitai.com/api/download/models/1?type=Model"
+    )
 
 
 def test_one_job_per_destination_while_it_runs(redis_client):

@@ -43,10 +43,33 @@ def test_every_built_in_preset_loads_and_is_well_formed(settings):
 
 def test_the_catalogue_covers_what_people_run():
     text = " ".join(p.read_text() for p in (REPO / "presets").glob("*.yaml")).lower()
-    for needle in ("v1-5-pruned", "sd_xl_base", "sd_xl_refiner", "sd3.5_large", "flux1-schnell", "flux1-dev-fp8",
-                   "flux1-fill", "flux1-canny", "flux1-redux", "qwen_image", "wan2.1_t2v", "wan2.1_i2v", "wan2.2_t2v",
-                   "wan2.2_i2v", "hunyuan_video", "ltx-video", "mochi", "stable-audio", "ace_step", "ultrasharp",
-                   "control_v11p_sd15", "control-lora", "ip-adapter", "sdxl_vae", "t5xxl_fp16"):  # fmt: skip
+    for needle in (
+        "v1-5-pruned",
+        "sd_xl_base",
+        "sd_xl_refiner",
+        "sd3.5_large",
+        "flux1-schnell",
+        "flux1-dev-fp8",
+        "flux1-fill",
+        "flux1-canny",
+        "flux1-redux",
+        "qwen_image",
+        "wan2.1_t2v",
+        "wan2.1_i2v",
+        "wan2.2_t2v",
+        "wan2.2_i2v",
+        "hunyuan_video",
+        "ltx-video",
+        "mochi",
+        "stable-audio",
+        "ace_step",
+        "ultrasharp",
+        "control_v11p_sd15",
+        "control-lora",
+        "ip-adapter",
+        "sdxl_vae",
+        "t5xxl_fp16",
+    ):
         assert needle in text, needle
 
 
@@ -162,11 +185,28 @@ def test_install_queues_once_and_remove_keeps_shared_files(settings, redis_clien
     allow = settings.model_copy(update={"downloads_allow_private_hosts": True})
 
     def preset(pid: str, name: str, data: bytes) -> str:
-        return yaml.safe_dump({"id": pid, "name": pid, "category": "image", "base": "test", "files": [
-            {"url": f"https://127.0.0.1:{file_server.port}/{name}", "folder": "checkpoints", "filename": name,
-             "size": len(data)},
-            {"url": f"https://127.0.0.1:{file_server.port}/enc.safetensors", "folder": "text_encoders",
-             "filename": "enc.safetensors", "size": len(shared_data)}]})  # fmt: skip
+        return yaml.safe_dump(
+            {
+                "id": pid,
+                "name": pid,
+                "category": "image",
+                "base": "test",
+                "files": [
+                    {
+                        "url": f"https://127.0.0.1:{file_server.port}/{name}",
+                        "folder": "checkpoints",
+                        "filename": name,
+                        "size": len(data),
+                    },
+                    {
+                        "url": f"https://127.0.0.1:{file_server.port}/enc.safetensors",
+                        "folder": "text_encoders",
+                        "filename": "enc.safetensors",
+                        "size": len(shared_data),
+                    },
+                ],
+            }
+        )
 
     write_user(allow, "a.yaml", preset("preset-a", "a.safetensors", a_data))
     write_user(allow, "b.yaml", preset("preset-b", "b.safetensors", b_data))
@@ -175,8 +215,11 @@ def test_install_queues_once_and_remove_keeps_shared_files(settings, redis_clien
     assert [j.id for j in presets.install(allow, redis_client, "preset-a")] == [j.id for j in queued]
     assert len(jobs.all_jobs(redis_client)) == 2  # installing twice queued nothing new
     # Land the files as the worker would, then B shares the encoder.
-    for folder, name, data in (("checkpoints", "a.safetensors", a_data), ("checkpoints", "b.safetensors", b_data),
-                               ("text_encoders", "enc.safetensors", shared_data)):  # fmt: skip
+    for folder, name, data in (
+        ("checkpoints", "a.safetensors", a_data),
+        ("checkpoints", "b.safetensors", b_data),
+        ("text_encoders", "enc.safetensors", shared_data),
+    ):
         (allow.paths.models / folder).mkdir(parents=True, exist_ok=True)
         (allow.paths.models / folder / name).write_bytes(data)
     for job in queued:
@@ -189,8 +232,10 @@ def test_install_queues_once_and_remove_keeps_shared_files(settings, redis_clien
     assert (allow.paths.models / "text_encoders" / "enc.safetensors").exists()
     assert presets.show(allow, redis_client, "preset-a")["state"] == "partial"
     assert presets.show(allow, redis_client, "preset-b")["state"] == "installed"
-    states = {e.id: e.state for e in (messages.parse_event(v) for v in
-              redis_client.hgetall(messages.snapshot_key("presets")).values())}  # fmt: skip
+    states = {
+        e.id: e.state
+        for e in (messages.parse_event(v) for v in redis_client.hgetall(messages.snapshot_key("presets")).values())
+    }
     assert states["preset-b"] == "installed" and states["preset-a"] == "partial"
     presets.remove(allow, redis_client, "preset-b")
     assert not (allow.paths.models / "text_encoders" / "enc.safetensors").exists()

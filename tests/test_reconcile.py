@@ -16,8 +16,18 @@ def manifest(settings, job_id: str, name: str, folder: str = "checkpoints") -> N
     base = settings.paths.models / folder
     base.mkdir(parents=True, exist_ok=True)
     (base / f"{name}.part").write_bytes(b"x" * 100)
-    m = engine.Manifest(job_id=job_id, url=f"https://example.com/{name}", folder=folder, filename=name,
-                        sha256=None, size=None, total=1000, validator='"v"', segments=None, done=100)  # fmt: skip
+    m = engine.Manifest(
+        job_id=job_id,
+        url=f"https://example.com/{name}",
+        folder=folder,
+        filename=name,
+        sha256=None,
+        size=None,
+        total=1000,
+        validator='"v"',
+        segments=None,
+        done=100,
+    )
     (base / f"{name}.part.json").write_text(m.to_json())
 
 
@@ -28,18 +38,24 @@ def test_rebuilds_jobs_redis_lost_from_their_manifests(settings, redis_client):
     counts = reconcile.run(settings, redis_client, sent.append)
     assert counts["rebuilt"] == 2 and sorted(sent) == ["a" * 16, "b" * 16]
     job = jobs.get(redis_client, "b" * 16)
-    assert (job.folder, job.filename, job.state, job.url) == ("loras", "two.safetensors", "queued",
-                                                              "https://example.com/two.safetensors")  # fmt: skip
+    assert (job.folder, job.filename, job.state, job.url) == (
+        "loras",
+        "two.safetensors",
+        "queued",
+        "https://example.com/two.safetensors",
+    )
     assert reconcile.run(settings, redis_client, sent.append)["rebuilt"] == 0  # idempotent
     assert len(sent) == 2
 
 
 def test_requeues_a_silent_running_job_unless_its_writer_lives(settings, redis_client):
     stale = time.time() - settings.downloads_heartbeat_stale - 5
-    dead = DownloadJob(id="c" * 16, url="https://example.com/x", folder="vae", filename="x.bin", state="running",
-                       heartbeat=stale)  # fmt: skip
-    alive = DownloadJob(id="d" * 16, url="https://example.com/y", folder="vae", filename="y.bin", state="running",
-                        heartbeat=stale)  # fmt: skip
+    dead = DownloadJob(
+        id="c" * 16, url="https://example.com/x", folder="vae", filename="x.bin", state="running", heartbeat=stale
+    )
+    alive = DownloadJob(
+        id="d" * 16, url="https://example.com/y", folder="vae", filename="y.bin", state="running", heartbeat=stale
+    )
     for job in (dead, alive):
         jobs.create(redis_client, job)
     lock = settings.paths.models / "vae" / "y.bin.lock"
@@ -54,11 +70,29 @@ def test_requeues_a_silent_running_job_unless_its_writer_lives(settings, redis_c
 def test_cleans_leftovers_and_old_parts(settings, redis_client):
     manifest(settings, "e" * 16, "done.bin")
     (settings.paths.models / "checkpoints" / "done.bin").write_bytes(b"final")
-    jobs.create(redis_client, DownloadJob(id="e" * 16, url="https://example.com/done.bin", folder="checkpoints",
-                                          filename="done.bin", state="done", finished=time.time()))  # fmt: skip
+    jobs.create(
+        redis_client,
+        DownloadJob(
+            id="e" * 16,
+            url="https://example.com/done.bin",
+            folder="checkpoints",
+            filename="done.bin",
+            state="done",
+            finished=time.time(),
+        ),
+    )
     manifest(settings, "f" * 16, "failed.bin")
-    jobs.create(redis_client, DownloadJob(id="f" * 16, url="https://example.com/failed.bin", folder="checkpoints",
-                                          filename="failed.bin", state="failed", finished=time.time()))  # fmt: skip
+    jobs.create(
+        redis_client,
+        DownloadJob(
+            id="f" * 16,
+            url="https://example.com/failed.bin",
+            folder="checkpoints",
+            filename="failed.bin",
+            state="failed",
+            finished=time.time(),
+        ),
+    )
     counts = reconcile.run(settings, redis_client, lambda _: None)
     folder = settings.paths.models / "checkpoints"
     assert not (folder / "done.bin.part").exists() and (folder / "done.bin").read_bytes() == b"final"
@@ -71,8 +105,17 @@ def test_cleans_leftovers_and_old_parts(settings, redis_client):
 
 def test_history_is_bounded(settings, redis_client):
     for i in range(5):
-        jobs.create(redis_client, DownloadJob(id=f"{i:016x}", url=f"https://example.com/{i}", folder="vae",
-                                              filename=f"{i}.bin", state="done", finished=time.time() + i))  # fmt: skip
+        jobs.create(
+            redis_client,
+            DownloadJob(
+                id=f"{i:016x}",
+                url=f"https://example.com/{i}",
+                folder="vae",
+                filename=f"{i}.bin",
+                state="done",
+                finished=time.time() + i,
+            ),
+        )
     small = settings.model_copy(update={"downloads_history_max": 2})
     assert reconcile.run(small, redis_client, lambda _: None)["pruned"] == 3
     assert sorted(j.id for j in jobs.all_jobs(redis_client)) == [f"{3:016x}", f"{4:016x}"]

@@ -19,9 +19,16 @@ def test_defaults_are_the_documented_ports_and_paths():
 
 
 def test_values_come_from_their_variables():
-    s = load_settings({"WORKSPACE": "ws", "COMFYUI_PORT": "9000", "DASHBOARD_AUTH": "off",
-                       "REDIS_URL": "redis://redis.internal:6379/0", "COMFYUI_ARGS": "--fast --preview-method 'auto'",
-                       "HF_TOKEN": "hf_secret"})  # fmt: skip
+    s = load_settings(
+        {
+            "WORKSPACE": "ws",
+            "COMFYUI_PORT": "9000",
+            "DASHBOARD_AUTH": "off",
+            "REDIS_URL": "redis://redis.internal:6379/0",
+            "COMFYUI_ARGS": "--fast --preview-method 'auto'",
+            "HF_TOKEN": "hf_secret",
+        }
+    )
     assert s.workspace.is_absolute() and s.workspace.name == "ws"
     assert s.comfyui_port == 9000 and s.dashboard_auth is False
     assert not s.local_redis and s.celery_broker_url == "redis://redis.internal:6379/0"

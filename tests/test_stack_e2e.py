@@ -43,8 +43,9 @@ def test_the_stack_runs_kills_and_stops(stack_factory):
     assert "[inet_http_server]" not in conf
 
     # The ComfyUI stand-in was launched by the comfyui program with the flags we build.
-    stats = wait_for(lambda: get_json(f"http://127.0.0.1:{s.comfyui_port}/system_stats")[1], 30,
-                     what="ComfyUI stand-in")  # fmt: skip
+    stats = wait_for(
+        lambda: get_json(f"http://127.0.0.1:{s.comfyui_port}/system_stats")[1], 30, what="ComfyUI stand-in"
+    )
     argv = stats["system"]["argv"]
     assert "--cpu" in argv and str(s.paths.extra_model_paths) in argv
     assert f"sqlite:///{s.paths.comfyui_database}" in argv
@@ -78,8 +79,10 @@ def test_the_stack_runs_kills_and_stops(stack_factory):
         os.kill(old_pid, signal.SIGKILL)
         new = wait_for(
             lambda n=name, p=old_pid: (i := stack.states()[n])["statename"] == "RUNNING" and i["pid"] != p and i,
-            60, 0.2, what=f"{name} restarted",
-        )  # fmt: skip
+            60,
+            0.2,
+            what=f"{name} restarted",
+        )
         assert new["pid"] != old_pid
 
         def crash_recorded(n: str = name, p: int = old_pid) -> bool:
@@ -113,8 +116,9 @@ def test_ctrl_c_stops_every_program(stack_factory):
     pids = [info["pid"] for info in stack.wait_running().values() if info["pid"]]
     os.killpg(stack.proc.pid, signal.SIGINT)
     assert stack.proc.wait(30) == 0, stack.output()[-2000:]
-    wait_for(lambda: not [p for p in pids if os.path.exists(f"/proc/{p}") and not _zombie(p)], 10,
-             what="every program gone")  # fmt: skip
+    wait_for(
+        lambda: not [p for p in pids if os.path.exists(f"/proc/{p}") and not _zombie(p)], 10, what="every program gone"
+    )
 
 
 def _zombie(pid: int) -> bool:

@@ -22,18 +22,32 @@ class Standin:
         for folder in ("checkpoints", "loras", "clip", "text_encoders"):
             (self.models / folder).mkdir(parents=True, exist_ok=True)
         self.yaml = tmp_path / "extra.yaml"
-        self.yaml.write_text(f"ws:\n  base_path: {self.models}\n  is_default: true\n  checkpoints: checkpoints\n"
-                             "  loras: loras\n  clip: clip\n")  # fmt: skip
+        self.yaml.write_text(
+            f"ws:\n  base_path: {self.models}\n  is_default: true\n  checkpoints: checkpoints\n"
+            "  loras: loras\n  clip: clip\n"
+        )
         self.output = tmp_path / "output"
-        self.argv = [str(VENV_PYTHON), str(STANDIN_DIR / "main.py"), "--listen", "127.0.0.1", "--port",
-                     str(self.port), "--cpu", "--output-directory", str(self.output), "--input-directory",
-                     str(tmp_path / "input"), "--extra-model-paths-config", str(self.yaml), *flags]  # fmt: skip
+        self.argv = [
+            str(VENV_PYTHON),
+            str(STANDIN_DIR / "main.py"),
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--cpu",
+            "--output-directory",
+            str(self.output),
+            "--input-directory",
+            str(tmp_path / "input"),
+            "--extra-model-paths-config",
+            str(self.yaml),
+            *flags,
+        ]
         self.env = {"STANDIN_STARTUP_SECONDS": startup, "PATH": "/usr/bin:/bin"}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Standin:
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)  # fmt: skip
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return self
 
     def url(self, path: str) -> str:
@@ -49,8 +63,12 @@ class Standin:
             return exc.code, json.loads(body) if body.startswith(b"{") else body
 
     def post(self, path: str, payload: object) -> tuple[int, object]:
-        req = urllib.request.Request(self.url(path), data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        req = urllib.request.Request(
+            self.url(path),
+            data=json.dumps(payload).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 body = r.read()
@@ -131,8 +149,7 @@ def test_a_run_as_its_submitter_sees_it(standin):
         if msg["type"] == "executing" and msg["data"]["node"] is None:
             break
     ws.close()
-    for expected in ("execution_start", "execution_cached", "executing", "progress", "executed",
-                     "execution_success"):  # fmt: skip
+    for expected in ("execution_start", "execution_cached", "executing", "progress", "executed", "execution_success"):
         assert expected in types
     history = standin.get(f"/history/{prompt_id}")[1][prompt_id]
     assert history["status"]["status_str"] == "success"

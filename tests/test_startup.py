@@ -25,8 +25,10 @@ def entrypoint(workspace: Path, run_dir: Path, **env: str) -> subprocess.Complet
     return subprocess.run(
         [str(REPO / "docker" / "entrypoint.sh"), "--no-exec"],
         env={**base, "WORKSPACE": str(workspace), "RUN_DIR": str(run_dir), **env},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -56,8 +58,14 @@ def test_layout_config_and_secrets_on_first_run(settings):
     for secret in (paths.session_key_file, paths.password_file):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert [s["name"] for s in report["steps"]] == [
-        "run_dir", "volume", "layout", "model_paths", "manager_config", "redis_config", "secrets",
-    ]  # fmt: skip
+        "run_dir",
+        "volume",
+        "layout",
+        "model_paths",
+        "manager_config",
+        "redis_config",
+        "secrets",
+    ]
     assert json.loads(paths.startup_report.read_text())["total_ms"] == report["total_ms"]
 
 

@@ -40,8 +40,9 @@ def main() -> int:
     if port_taken(settings.comfyui_listen, settings.comfyui_port):
         log.error(
             "port %d on %s is already in use: stop what holds it or set COMFYUI_PORT to a free port",
-            settings.comfyui_port, settings.comfyui_listen,
-        )  # fmt: skip
+            settings.comfyui_port,
+            settings.comfyui_listen,
+        )
         return 1
     configs, notes = model_path_configs(settings)
     for note in notes:

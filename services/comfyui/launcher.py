@@ -59,14 +59,20 @@ def build_argv(settings: Settings, gpu: bool, model_configs: list[str]) -> list[
     argv = [
         str(settings.comfyui_python),
         str(settings.comfyui_dir / "main.py"),
-        "--listen", settings.comfyui_listen,
-        "--port", str(settings.comfyui_port),
-        "--output-directory", str(paths.output),
-        "--input-directory", str(paths.input),
-        "--user-directory", str(paths.user),
+        "--listen",
+        settings.comfyui_listen,
+        "--port",
+        str(settings.comfyui_port),
+        "--output-directory",
+        str(paths.output),
+        "--input-directory",
+        str(paths.input),
+        "--user-directory",
+        str(paths.user),
         # Its own database on the volume: the default lives in the ComfyUI tree, shared by every instance.
-        "--database-url", f"sqlite:///{paths.comfyui_database}",
-    ]  # fmt: skip
+        "--database-url",
+        f"sqlite:///{paths.comfyui_database}",
+    ]
     for config in model_configs:
         argv += ["--extra-model-paths-config", config]
     if not gpu:

@@ -63,7 +63,7 @@ def probe() -> GpuReport:
             pass
 
 
-def _optional(read):  # noqa: ANN001, ANN202 - a reader that some GPUs do not support
+def _optional(read):
     try:
         return int(read())
     except pynvml.NVMLError:

@@ -13,7 +13,7 @@ from services.common import messages
 MIB = 1024 * 1024
 
 
-def sha256_of(path: Path, limit: int | None = None, hasher=None):  # noqa: ANN001, ANN201 - hashlib's private type
+def sha256_of(path: Path, limit: int | None = None, hasher=None):
     """Hash `path` (its first `limit` bytes), continuing `hasher` when given."""
     hasher = hasher or hashlib.sha256()
     remaining = limit

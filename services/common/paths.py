@@ -8,12 +8,33 @@ from pathlib import Path
 
 # Model folder types of ComfyUI 0.33 (`GET /models`), custom_nodes aside: it is not under models/.
 MODEL_FOLDERS: tuple[str, ...] = (
-    "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
-    "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models",
-    "latent_upscale_models", "datasets", "hypernetworks", "photomaker", "classifiers", "model_patches",
-    "audio_encoders", "background_removal", "frame_interpolation", "geometry_estimation", "optical_flow",
+    "checkpoints",
+    "configs",
+    "loras",
+    "vae",
+    "text_encoders",
+    "diffusion_models",
+    "clip_vision",
+    "style_models",
+    "embeddings",
+    "diffusers",
+    "vae_approx",
+    "controlnet",
+    "gligen",
+    "upscale_models",
+    "latent_upscale_models",
+    "datasets",
+    "hypernetworks",
+    "photomaker",
+    "classifiers",
+    "model_patches",
+    "audio_encoders",
+    "background_removal",
+    "frame_interpolation",
+    "geometry_estimation",
+    "optical_flow",
     "detection",
-)  # fmt: skip
+)
 
 # Folders that popular custom nodes read (they register these types themselves); created and mapped too.
 NODE_FOLDERS: tuple[str, ...] = ("ipadapter", "animatediff_models", "insightface", "ultralytics", "sams")
@@ -26,8 +47,16 @@ LEGACY_FOLDERS: dict[str, str] = {"unet": "diffusion_models", "clip": "text_enco
 
 # Top-level folders of the workspace besides models/.
 WORKSPACE_DIRS: tuple[str, ...] = (
-    "output", "input", "user", "workflows", "custom_nodes", "python", "config", "config/presets", "logs",
-)  # fmt: skip
+    "output",
+    "input",
+    "user",
+    "workflows",
+    "custom_nodes",
+    "python",
+    "config",
+    "config/presets",
+    "logs",
+)
 
 # Names the download engine writes beside a model; never a model's own name.
 WORK_SUFFIXES = (".part", ".part.json", ".part.progress", ".lock")

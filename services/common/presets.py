@@ -29,8 +29,7 @@ from services.common.settings import Settings
 
 SHARED_FILES = "_shared_files.yaml"
 Category = Literal["image", "video", "audio", "upscale", "controlnet", "adapter", "vae", "text_encoder", "other"]
-_UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
-          "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}  # fmt: skip
+_UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -208,8 +207,14 @@ def _validation_errors(path: Path, exc: ValidationError, node: yaml.Node | None)
     for error in exc.errors():
         loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("ModelFile", "FileRef")))
         loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "tagged-union"))))
-        out.append(PresetError(str(path), _line_of(node, loc), ".".join(str(p) for p in loc) or None,
-                               error["msg"].removeprefix("Value error, ")))  # fmt: skip
+        out.append(
+            PresetError(
+                str(path),
+                _line_of(node, loc),
+                ".".join(str(p) for p in loc) or None,
+                error["msg"].removeprefix("Value error, "),
+            )
+        )
     return out
 
 
@@ -226,8 +231,10 @@ def load_shared(directory: Path) -> tuple[dict[str, ModelFile], list[PresetError
         try:
             shared[str(key)] = ModelFile.model_validate(value)
         except ValidationError as exc:
-            errors += [PresetError(e.path, e.line, f"{key}.{e.field}" if e.field else key, e.message)
-                       for e in _validation_errors(path, exc, _child(parsed.node, key))]  # fmt: skip
+            errors += [
+                PresetError(e.path, e.line, f"{key}.{e.field}" if e.field else key, e.message)
+                for e in _validation_errors(path, exc, _child(parsed.node, key))
+            ]
     return shared, errors
 
 
@@ -243,8 +250,9 @@ def _yaml_error(path: Path, exc: Exception) -> PresetError:
     return PresetError(str(path), mark.line + 1 if mark else None, None, f"YAML syntax error: {problem}")
 
 
-def _load_dir(directory: Path, source: Literal["builtin", "user"], shared: dict[str, ModelFile],
-              catalogue: Catalogue) -> None:  # fmt: skip
+def _load_dir(
+    directory: Path, source: Literal["builtin", "user"], shared: dict[str, ModelFile], catalogue: Catalogue
+) -> None:
     if not directory.is_dir():
         return
     seen_here: set[str] = set()
@@ -278,7 +286,7 @@ def _load_dir(directory: Path, source: Literal["builtin", "user"], shared: dict[
                     f"preset id {preset.id!r} is already used by another file here",
                 )
             )
-            continue  # fmt: skip
+            continue
         seen_here.add(preset.id)
         note = None
         if preset.id in catalogue.entries and source == "user":
@@ -393,23 +401,41 @@ def preset_state(files: list[ModelFile], states: dict[str, FileState]) -> str:
     return "missing"
 
 
-def describe(settings: Settings, entry: Entry, states: dict[str, FileState],
-             free: int) -> dict:  # fmt: skip
+def describe(settings: Settings, entry: Entry, states: dict[str, FileState], free: int) -> dict:
     todo = [f for f in entry.files if states[f.key] in ("missing", "wrong")]
     need = sum(f.expected_bytes for f in {f.key: f for f in todo}.values())
     p = entry.preset
     return {
-        "id": p.id, "name": p.name, "description": p.description, "category": p.category, "base": p.base,
-        "tags": p.tags, "custom_nodes": p.custom_nodes, "workflow": p.workflow, "licence": p.licence,
-        "source": entry.source, "note": entry.note,
+        "id": p.id,
+        "name": p.name,
+        "description": p.description,
+        "category": p.category,
+        "base": p.base,
+        "tags": p.tags,
+        "custom_nodes": p.custom_nodes,
+        "workflow": p.workflow,
+        "licence": p.licence,
+        "source": entry.source,
+        "note": entry.note,
         "state": preset_state(entry.files, states),
-        "files": [{"url": f.url, "folder": f.folder, "filename": f.filename, "size": f.size,
-                   "approx_size": f.approx_size, "sha256": f.sha256, "token": f.token, "licence": f.licence,
-                   "state": states[f.key]} for f in entry.files],
+        "files": [
+            {
+                "url": f.url,
+                "folder": f.folder,
+                "filename": f.filename,
+                "size": f.size,
+                "approx_size": f.approx_size,
+                "sha256": f.sha256,
+                "token": f.token,
+                "licence": f.licence,
+                "state": states[f.key],
+            }
+            for f in entry.files
+        ],
         "total_bytes": sum(f.expected_bytes for f in entry.files),
         "bytes_to_download": need,
         "fits": need + settings.downloads_reserve_mb * 1024 * 1024 <= free,
-    }  # fmt: skip
+    }
 
 
 def _free(settings: Settings) -> int:
@@ -435,8 +461,12 @@ def list_presets(
         entries = [e for e in entries if tag in e.preset.tags]
     if text:
         needle = text.lower()
-        entries = [e for e in entries if needle in " ".join([e.preset.id, e.preset.name, e.preset.description,
-                                                               e.preset.base, *e.preset.tags]).lower()]  # fmt: skip
+        entries = [
+            e
+            for e in entries
+            if needle
+            in " ".join([e.preset.id, e.preset.name, e.preset.description, e.preset.base, *e.preset.tags]).lower()
+        ]
     states = _file_states(settings, client, [f for e in entries for f in e.files])
     free = _free(settings)
     return [describe(settings, e, states, free) for e in sorted(entries, key=lambda e: e.preset.id)]
@@ -524,8 +554,9 @@ def verify(settings: Settings, client: redis.Redis, preset_id: str) -> dict:
     return show(settings, client, preset_id, catalogue)
 
 
-def publish_states(settings: Settings, client: redis.Redis, catalogue: Catalogue | None = None,
-                   file_key: str | None = None) -> None:  # fmt: skip
+def publish_states(
+    settings: Settings, client: redis.Redis, catalogue: Catalogue | None = None, file_key: str | None = None
+) -> None:
     """Publish the presets whose state changed (only those using `file_key`, when given)."""
     catalogue = catalogue or load(settings)
     entries = [e for e in catalogue.entries.values() if file_key is None or file_key in {f.key for f in e.files}]
@@ -539,8 +570,12 @@ def publish_states(settings: Settings, client: redis.Redis, catalogue: Catalogue
         before = snapshot.get(e.preset.id)
         if isinstance(before, messages.PresetState) and (before.state, before.files_done) == (state, done):
             continue
-        bus.publish(client, messages.PresetState(id=e.preset.id, state=state, files_done=done,
-                                                 files_total=len(e.files), ts=time.time()))  # fmt: skip
+        bus.publish(
+            client,
+            messages.PresetState(
+                id=e.preset.id, state=state, files_done=done, files_total=len(e.files), ts=time.time()
+            ),
+        )
 
 
 def _repo_page(url: str) -> str:

@@ -63,7 +63,7 @@ class _UnixTransport(xmlrpc.client.Transport):
         self._path = path
         self._timeout = timeout
 
-    def make_connection(self, host):  # noqa: ANN001 - signature of the base class
+    def make_connection(self, host):
         return _UnixConnection(self._path, self._timeout)
 
 

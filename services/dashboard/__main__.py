@@ -38,7 +38,7 @@ class DashboardServer(BaseApplication):
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
 
-    def load(self):  # noqa: ANN201
+    def load(self):
         from services.dashboard.app import create_app
 
         return create_app(self.settings)

@@ -55,28 +55,28 @@ def _int(name: str, default: int, low: int, high: int) -> int:
 @bp.errorhandler(BadBody)
 @bp.errorhandler(jobs.BadRequest)
 @bp.errorhandler(presets.PresetProblem)
-def bad_request(exc: Exception):  # noqa: ANN201
+def bad_request(exc: Exception):
     status = 404 if str(exc).startswith("no preset") else 400
     return error("not_found" if status == 404 else "bad_request", str(exc), status)
 
 
 @bp.errorhandler(state.NotFound)
-def not_found(exc: Exception):  # noqa: ANN201
+def not_found(exc: Exception):
     return error("not_found", str(exc), 404)
 
 
 @bp.errorhandler(state.Unavailable)
-def unavailable(exc: Exception):  # noqa: ANN201
+def unavailable(exc: Exception):
     return error("unavailable", str(exc), 503)
 
 
 @bp.errorhandler(redis.RedisError)
-def redis_down(exc: Exception):  # noqa: ANN201
+def redis_down(exc: Exception):
     return error("unavailable", "Redis is not answering: the stack is restarting it, try again shortly", 503)
 
 
 @bp.get("/openapi.yaml")
-def openapi():  # noqa: ANN201
+def openapi():
     return Response(OPENAPI.read_text(), mimetype="application/yaml")
 
 
@@ -122,36 +122,36 @@ class _StatusCache:
 
 
 @bp.get("/status")
-def status():  # noqa: ANN201
+def status():
     cache = current_app.extensions.setdefault("status_cache", _StatusCache(settings()))
     return Response(cache.get(), mimetype="application/json")
 
 
 @bp.get("/services")
-def services():  # noqa: ANN201
+def services():
     return jsonify(services=state.services(settings()))
 
 
 @bp.post("/services/<name>/<action>")
-def control(name: str, action: str):  # noqa: ANN201
+def control(name: str, action: str):
     if action not in ("start", "stop", "restart"):
         return error("not_found", "action must be start, stop or restart", 404)
     return jsonify(state.control(settings(), name, action))
 
 
 @bp.get("/logs/<name>")
-def logs(name: str):  # noqa: ANN201
+def logs(name: str):
     lines = _int("lines", 200, 1, 5000)
     return jsonify(service=name, lines=state.log_tail(settings(), name, lines))
 
 
 @bp.get("/downloads")
-def downloads():  # noqa: ANN201
+def downloads():
     return jsonify(downloads=state.downloads(client()))
 
 
 @bp.post("/downloads")
-def queue_download():  # noqa: ANN201
+def queue_download():
     data = body()
     unknown = set(data) - {"url", "folder", "filename", "sha256", "size"}
     if unknown:
@@ -165,8 +165,15 @@ def queue_download():  # noqa: ANN201
     size = data.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
         raise BadBody("size: must be a whole number of bytes")
-    job, created = jobs.submit(settings(), client(), data["url"], data["folder"], data.get("filename") or None,
-                               data.get("sha256") or None, size)  # fmt: skip
+    job, created = jobs.submit(
+        settings(),
+        client(),
+        data["url"],
+        data["folder"],
+        data.get("filename") or None,
+        data.get("sha256") or None,
+        size,
+    )
     response = jsonify(job.model_dump())
     response.status_code = 202 if created else 200
     return response
@@ -180,22 +187,23 @@ def _job(job_id: str) -> dict:
 
 
 @bp.get("/downloads/<job_id>")
-def download(job_id: str):  # noqa: ANN201
+def download(job_id: str):
     return jsonify(_job(job_id))
 
 
 @bp.delete("/downloads/<job_id>")
-def cancel_download(job_id: str):  # noqa: ANN201
+def cancel_download(job_id: str):
     _job(job_id)
     return jsonify(jobs.cancel(client(), job_id).model_dump())
 
 
 @bp.post("/downloads/<job_id>/retry")
-def retry_download(job_id: str):  # noqa: ANN201
+def retry_download(job_id: str):
     before = _job(job_id)
     if before["state"] not in ("failed", "cancelled"):
-        return error("conflict", f"only a failed or cancelled download can be retried (this one is {before['state']})",
-                     409)  # fmt: skip
+        return error(
+            "conflict", f"only a failed or cancelled download can be retried (this one is {before['state']})", 409
+        )
     job = jobs.retry(settings(), client(), job_id)
     response = jsonify(job.model_dump())
     response.status_code = 202
@@ -203,27 +211,28 @@ def retry_download(job_id: str):  # noqa: ANN201
 
 
 @bp.delete("/downloads")
-def clear_history():  # noqa: ANN201
+def clear_history():
     finished = [j.id for j in jobs.all_jobs(client()) if j.terminal]
     jobs.forget(client(), finished)
     return jsonify(cleared=len(finished))
 
 
 @bp.get("/presets")
-def list_presets():  # noqa: ANN201
+def list_presets():
     catalogue = presets.load(settings())
-    listed = presets.list_presets(settings(), client(), request.args.get("category"), request.args.get("tag"),
-                                  request.args.get("q"), catalogue)  # fmt: skip
+    listed = presets.list_presets(
+        settings(), client(), request.args.get("category"), request.args.get("tag"), request.args.get("q"), catalogue
+    )
     return jsonify(presets=listed, errors=[str(e) for e in catalogue.errors])
 
 
 @bp.get("/presets/<preset_id>")
-def show_preset(preset_id: str):  # noqa: ANN201
+def show_preset(preset_id: str):
     return jsonify(presets.show(settings(), client(), preset_id))
 
 
 @bp.post("/presets/<preset_id>/install")
-def install_preset(preset_id: str):  # noqa: ANN201
+def install_preset(preset_id: str):
     queued = presets.install(credentials.effective(settings()), client(), preset_id)
     response = jsonify(preset=preset_id, queued=[j.model_dump() for j in queued])
     response.status_code = 202
@@ -231,22 +240,22 @@ def install_preset(preset_id: str):  # noqa: ANN201
 
 
 @bp.post("/presets/<preset_id>/remove")
-def remove_preset(preset_id: str):  # noqa: ANN201
+def remove_preset(preset_id: str):
     return jsonify(presets.remove(settings(), client(), preset_id))
 
 
 @bp.get("/models")
-def model_folders():  # noqa: ANN201
+def model_folders():
     return jsonify(folders=state.folders())
 
 
 @bp.get("/models/<folder>")
-def models(folder: str):  # noqa: ANN201
+def models(folder: str):
     return jsonify(folder=folder, models=state.models(settings(), folder))
 
 
 @bp.delete("/models/<folder>/<name>")
-def delete_model(folder: str, name: str):  # noqa: ANN201
+def delete_model(folder: str, name: str):
     state.delete_model(settings(), folder, name)
     return jsonify(deleted=f"{folder}/{name}")
 
@@ -262,12 +271,12 @@ def _settings_view() -> dict:
 
 
 @bp.get("/settings")
-def get_settings():  # noqa: ANN201
+def get_settings():
     return jsonify(_settings_view())
 
 
 @bp.put("/settings")
-def put_settings():  # noqa: ANN201
+def put_settings():
     data = body()
     unknown = set(data) - set(credentials.TOKEN_NAMES)
     if unknown:
@@ -280,20 +289,21 @@ def put_settings():  # noqa: ANN201
 
 
 @bp.post("/tokens")
-def create_token():  # noqa: ANN201
+def create_token():
     data = body()
     name = data.get("name", "")
     if not isinstance(name, str) or not name.strip() or len(name) > 64:
         raise BadBody("name: a label for the token, 1 to 64 characters")
     token_id, token = credentials.create_api_token(settings(), name.strip())
-    response = jsonify(id=token_id, name=name.strip(), token=token, created=time.time(),
-                       note="shown once: store it now")  # fmt: skip
+    response = jsonify(
+        id=token_id, name=name.strip(), token=token, created=time.time(), note="shown once: store it now"
+    )
     response.status_code = 201
     return response
 
 
 @bp.delete("/tokens/<token_id>")
-def delete_token(token_id: str):  # noqa: ANN201
+def delete_token(token_id: str):
     if not credentials.delete_api_token(settings(), token_id):
         raise state.NotFound(f"no API token {token_id!r}")
     return jsonify(deleted=token_id)

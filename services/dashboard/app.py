@@ -73,18 +73,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     ws.init_app(app)
 
     @app.get("/livez")
-    def livez():  # noqa: ANN202
+    def livez():
         return jsonify(status="ok")
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):  # noqa: ANN202
+    def http_error(exc: HTTPException):
         if request.path.startswith("/api/") or request.path == "/ws":
             codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 400: "bad_request"}
             return error(codes.get(exc.code or 500, "error"), exc.description or exc.name, exc.code or 500)
         return exc
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception):  # noqa: ANN202
+    def unexpected(exc: Exception):
         # The one place an unforeseen error ends: logged in full, answered without a traceback.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error("internal", "unexpected error: see the dashboard log", 500)

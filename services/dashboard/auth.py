@@ -57,7 +57,7 @@ def authenticate() -> str | None:
     return None
 
 
-def error(code: str, message: str, status: int):  # noqa: ANN201 - a Flask response
+def error(code: str, message: str, status: int):
     response = jsonify(error={"code": code, "message": message})
     response.status_code = status
     return response
@@ -77,7 +77,7 @@ def csrf_token() -> str:
     return session["csrf"]
 
 
-def require_auth():  # noqa: ANN201 - a Flask before_request hook
+def require_auth():
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     how = authenticate()
@@ -120,7 +120,7 @@ def _count_failure(client: redis.Redis) -> None:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login():  # noqa: ANN201
+def login():
     if request.method == "GET":
         return render_template("login.html", error=None)
     if not same_origin():
@@ -148,7 +148,7 @@ def login():  # noqa: ANN201
 
 
 @bp.route("/logout", methods=["POST"])
-def logout():  # noqa: ANN201
+def logout():
     session.clear()
     return redirect(url_for("auth.login"))
 

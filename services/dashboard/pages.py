@@ -26,52 +26,62 @@ def _page(template: str, **context: object) -> str:
 
 @bp.errorhandler(redis.RedisError)
 @bp.errorhandler(state.Unavailable)
-def reconnecting(exc: Exception):  # noqa: ANN201
+def reconnecting(exc: Exception):
     return render_template("reconnecting.html", settings=settings(), message=str(exc)), 503
 
 
 @bp.get("/")
-def overview():  # noqa: ANN201
+def overview():
     return _page("overview.html", status=state.status(settings(), _client()))
 
 
 @bp.get("/services")
-def services():  # noqa: ANN201
+def services():
     return _page("services.html", services=state.services(settings()))
 
 
 @bp.get("/logs")
 @bp.get("/logs/<name>")
-def logs(name: str = "comfyui"):  # noqa: ANN201
+def logs(name: str = "comfyui"):
     if name not in state.LOG_NAMES:
         name = "comfyui"
     return _page("logs.html", name=name, names=state.LOG_NAMES, lines=state.log_tail(settings(), name, 300))
 
 
 @bp.get("/downloads")
-def downloads():  # noqa: ANN201
+def downloads():
     return _page("downloads.html", downloads=jobs.all_jobs(_client()), folders=state.folders())
 
 
 @bp.get("/presets")
-def presets_page():  # noqa: ANN201
+def presets_page():
     catalogue = presets.load(settings())
-    listed = presets.list_presets(settings(), _client(), request.args.get("category") or None, None,
-                                  request.args.get("q") or None, catalogue)  # fmt: skip
-    return _page("presets.html", presets=listed, errors=catalogue.errors, category=request.args.get("category", ""),
-                 q=request.args.get("q", ""))  # fmt: skip
+    listed = presets.list_presets(
+        settings(), _client(), request.args.get("category") or None, None, request.args.get("q") or None, catalogue
+    )
+    return _page(
+        "presets.html",
+        presets=listed,
+        errors=catalogue.errors,
+        category=request.args.get("category", ""),
+        q=request.args.get("q", ""),
+    )
 
 
 @bp.get("/models")
 @bp.get("/models/<folder>")
-def models(folder: str = "checkpoints"):  # noqa: ANN201
+def models(folder: str = "checkpoints"):
     if folder not in state.folders():
         folder = "checkpoints"
     return _page("models.html", folder=folder, folders=state.folders(), models=state.models(settings(), folder))
 
 
 @bp.get("/settings")
-def settings_page():  # noqa: ANN201
+def settings_page():
     effective = credentials.effective(settings())
-    return _page("settings.html", hf=effective.hf_token is not None, civitai=effective.civitai_token is not None,
-                 tokens=credentials.api_tokens(settings()))  # fmt: skip
+    return _page(
+        "settings.html",
+        hf=effective.hf_token is not None,
+        civitai=effective.civitai_token is not None,
+        tokens=credentials.api_tokens(settings()),
+    )

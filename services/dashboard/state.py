@@ -43,9 +43,15 @@ def services(settings: Settings) -> list[dict]:
         if info["name"] in ("jupyter", "code-server") and not (settings.devtools_dir / "bin" / info["name"]).exists():
             continue  # only the dev image has them
         running = info["statename"] == "RUNNING"
-        out.append({"name": info["name"], "state": info["statename"], "pid": info["pid"] or None,
-                    "uptime": int(now - info["start"]) if running and info["start"] else None,
-                    "description": info["description"]})  # fmt: skip
+        out.append(
+            {
+                "name": info["name"],
+                "state": info["statename"],
+                "pid": info["pid"] or None,
+                "uptime": int(now - info["start"]) if running and info["start"] else None,
+                "description": info["description"],
+            }
+        )
     return out
 
 
@@ -135,9 +141,10 @@ def health(client: redis.Redis) -> dict:
     return {
         "state": overall.state if isinstance(overall, messages.HealthState) else "unknown",
         "ready": overall.ready if isinstance(overall, messages.HealthState) else False,
-        "checks": {k: {"status": v.status, "reason": v.reason} for k, v in snap.items()
-                   if isinstance(v, messages.HealthCheck)},
-    }  # fmt: skip
+        "checks": {
+            k: {"status": v.status, "reason": v.reason} for k, v in snap.items() if isinstance(v, messages.HealthCheck)
+        },
+    }
 
 
 def status(settings: Settings, client: redis.Redis) -> dict:
@@ -150,9 +157,13 @@ def status(settings: Settings, client: redis.Redis) -> dict:
     except (redis.RedisError, OSError) as exc:
         raise Unavailable(f"Redis is not answering: {exc}") from None
     return {
-        "services": service_list, "services_error": service_error, "startup": startup_report(settings),
-        "comfyui": comfyui(settings), "host": host(settings), "health": health_info,
-    }  # fmt: skip
+        "services": service_list,
+        "services_error": service_error,
+        "startup": startup_report(settings),
+        "comfyui": comfyui(settings),
+        "host": host(settings),
+        "health": health_info,
+    }
 
 
 def models(settings: Settings, folder: str) -> list[dict]:

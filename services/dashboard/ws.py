@@ -30,13 +30,16 @@ def snapshot_messages(settings: Settings, client: redis.Redis, html: bool) -> li
         services = []
     downloads = jobs.all_jobs(client)
     health = state.health(client)
-    preset_states = {k: v for k, v in bus.snapshot(client, messages.PresetState.kind).items()
-                     if isinstance(v, messages.PresetState)}  # fmt: skip
+    preset_states = {
+        k: v for k, v in bus.snapshot(client, messages.PresetState.kind).items() if isinstance(v, messages.PresetState)
+    }
     if html:
-        return [render_template("partials/services_rows.html", services=services, oob=True),
-                render_template("partials/downloads_rows.html", downloads=downloads, oob=True),
-                render_template("partials/health.html", health=health, oob=True),
-                render_template("partials/connection.html", connected=True)]  # fmt: skip
+        return [
+            render_template("partials/services_rows.html", services=services, oob=True),
+            render_template("partials/downloads_rows.html", downloads=downloads, oob=True),
+            render_template("partials/health.html", health=health, oob=True),
+            render_template("partials/connection.html", connected=True),
+        ]
     snapshot = {
         "type": "snapshot",
         "services": services,
@@ -122,7 +125,7 @@ def handle_incoming(settings: Settings, raw: str | None, follower: LogFollower |
 
 
 @sock.route("/ws")
-def websocket(ws) -> None:  # noqa: ANN001
+def websocket(ws) -> None:
     settings: Settings = current_app.config["SETTINGS"]
     html = request.args.get("format") == "html"
     follower = None
@@ -151,6 +154,6 @@ def websocket(ws) -> None:  # noqa: ANN001
             pass
 
 
-def init_app(app) -> None:  # noqa: ANN001
+def init_app(app) -> None:
     sock.init_app(app)
     app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": 25})

@@ -22,12 +22,28 @@ def command(settings: Settings, tool: str, password: str) -> tuple[list[str], di
     env = inherited_environment()
     bin_dir = settings.devtools_dir / "bin"
     if tool == "jupyter":
-        argv = [str(bin_dir / "jupyter"), "lab", "--ip", "0.0.0.0", "--port", str(settings.jupyter_port),
-                "--no-browser", "--allow-root", f"--ServerApp.root_dir={settings.workspace}"]  # fmt: skip
+        argv = [
+            str(bin_dir / "jupyter"),
+            "lab",
+            "--ip",
+            "0.0.0.0",
+            "--port",
+            str(settings.jupyter_port),
+            "--no-browser",
+            "--allow-root",
+            f"--ServerApp.root_dir={settings.workspace}",
+        ]
         env["JUPYTER_TOKEN"] = password
     else:
-        argv = [str(bin_dir / "code-server"), "--bind-addr", f"0.0.0.0:{settings.code_server_port}",
-                "--auth", "password", "--disable-telemetry", str(settings.workspace)]  # fmt: skip
+        argv = [
+            str(bin_dir / "code-server"),
+            "--bind-addr",
+            f"0.0.0.0:{settings.code_server_port}",
+            "--auth",
+            "password",
+            "--disable-telemetry",
+            str(settings.workspace),
+        ]
         env["PASSWORD"] = password
     return argv, env
 

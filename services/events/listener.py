@@ -54,7 +54,7 @@ def log_lines(payload: str) -> list[str]:
 class Publisher:
     """Publishes state events; while Redis is away (it is one of our programs) keeps them to send later."""
 
-    def __init__(self, connect) -> None:  # noqa: ANN001 - a zero-argument Redis factory
+    def __init__(self, connect) -> None:
         self._connect = connect
         self._client: redis.Redis | None = None
         self.pending: deque[messages.Event] = deque(maxlen=PENDING_LIMIT)

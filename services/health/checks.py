@@ -219,9 +219,11 @@ def check_comfyui(settings: Settings) -> Result:
             return Result("comfyui", "fail", "/system_stats answered something that is not ComfyUI's JSON")
         queue_size = _comfyui_queue(settings)
         return Result(
-            "comfyui", "ok", f"ComfyUI {version} ready on port {settings.comfyui_port}",
+            "comfyui",
+            "ok",
+            f"ComfyUI {version} ready on port {settings.comfyui_port}",
             data={"state": "ready", "version": version, "devices": devices, "queue_remaining": queue_size},
-        )  # fmt: skip
+        )
     if status:
         return Result(
             "comfyui", "fail", f"/system_stats answered {status}: see the comfyui log", data={"state": "error"}
@@ -252,9 +254,11 @@ def check_gpu(settings: Settings) -> Result:
     if report.gpus:
         first = report.gpus[0]
         return Result(
-            "gpu", "ok", f"{len(report.gpus)} x {first.name}, driver {report.driver}, CUDA {report.cuda}",
+            "gpu",
+            "ok",
+            f"{len(report.gpus)} x {first.name}, driver {report.driver}, CUDA {report.cuda}",
             data={"gpus": [g.as_dict() for g in report.gpus], "driver": report.driver, "cuda": report.cuda},
-        )  # fmt: skip
+        )
     if settings.health_expect_gpu:
         return Result("gpu", "fail", f"no GPU visible: {report.error}. Start the container with --gpus all")
     return Result("gpu", "ok", "no GPU: ComfyUI runs on the CPU", data={"gpus": []})

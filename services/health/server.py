@@ -88,7 +88,7 @@ class Monitor:
 
 def make_handler(monitor: Monitor) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/health":
                 status, body = monitor.liveness()
@@ -103,7 +103,7 @@ def make_handler(monitor: Monitor) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             return  # Docker polls every few seconds: no access log
 
     return Handler

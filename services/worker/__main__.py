@@ -44,9 +44,16 @@ def main() -> int:
     threading.Thread(target=reconcile_timer, args=(settings, stop), name="reconcile-timer", daemon=True).start()
     try:
         app.worker_main(
-            ["worker", "--pool=prefork", f"--concurrency={settings.worker_concurrency}",
-             f"--loglevel={settings.log_level}", "--hostname=worker@%h", "--without-mingle", "--without-gossip"]
-        )  # fmt: skip
+            [
+                "worker",
+                "--pool=prefork",
+                f"--concurrency={settings.worker_concurrency}",
+                f"--loglevel={settings.log_level}",
+                "--hostname=worker@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ]
+        )
     finally:
         stop.set()
     return 0

@@ -26,7 +26,7 @@ def create_celery(settings: Settings) -> Celery:
     app.conf.worker_concurrency = settings.worker_concurrency
     clients: dict[int, object] = {}
 
-    def client():  # noqa: ANN202 - one Redis client per (forked) process
+    def client():
         pid = os.getpid()
         if pid not in clients:
             clients.clear()
@@ -38,8 +38,7 @@ def create_celery(settings: Settings) -> Celery:
         """The health service's round trip: proves the worker still consumes from the queue."""
         return {"sent_at": sent_at, "seen_at": time.time()}
 
-    @app.task(name=messages.TASK_DOWNLOAD, bind=True, acks_late=True, reject_on_worker_lost=True,
-              ignore_result=True)  # fmt: skip
+    @app.task(name=messages.TASK_DOWNLOAD, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def fetch(self, job_id: str) -> None:
         if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
             log.error("ignored a download task with a malformed job id")

@@ -328,8 +328,17 @@ def _probe(http: Http, plan: sources.Plan) -> Probe:
 class _Transfer:
     """Moves bytes into the .part with pwrite, from one or many ranged connections, and reports."""
 
-    def __init__(self, http: Http, url: str, plan: sources.Plan, fd: int, manifest: Manifest, ctx: Context,
-                 lock: Lock, part: Path) -> None:  # fmt: skip
+    def __init__(
+        self,
+        http: Http,
+        url: str,
+        plan: sources.Plan,
+        fd: int,
+        manifest: Manifest,
+        ctx: Context,
+        lock: Lock,
+        part: Path,
+    ) -> None:
         self.http, self.url, self.plan, self.fd = http, url, plan, fd
         self.manifest, self.ctx, self.lock, self.part = manifest, ctx, lock, part
         self.stop = threading.Event()
@@ -397,8 +406,9 @@ class _Transfer:
             with contextlib.suppress(OSError):
                 os.write(self.journal, JOURNAL_RECORD.pack(index, written))
 
-    def _stream(self, response: urllib3.BaseHTTPResponse, offset: int, limit: int | None,
-                advance: Callable[[int], None]) -> None:  # fmt: skip
+    def _stream(
+        self, response: urllib3.BaseHTTPResponse, offset: int, limit: int | None, advance: Callable[[int], None]
+    ) -> None:
         position = offset
         with self._lock:
             self.responses.add(response)
@@ -408,8 +418,9 @@ class _Transfer:
             with self._lock:
                 self.responses.discard(response)
 
-    def _copy(self, response: urllib3.BaseHTTPResponse, position: int, limit: int | None,
-              advance: Callable[[int], None]) -> None:  # fmt: skip
+    def _copy(
+        self, response: urllib3.BaseHTTPResponse, position: int, limit: int | None, advance: Callable[[int], None]
+    ) -> None:
         while limit is None or position < limit:
             if self.stop.is_set():
                 return
@@ -520,8 +531,9 @@ def fetch(request: Request, ctx: Context) -> Outcome:
             attempt += 1
             if attempt > settings.downloads_retries:
                 raise DownloadError(f"gave up after {attempt} tries: {exc}") from None
-            log.warning("job %s: %s; retry %d/%d in %.1f s", request.job_id, exc, attempt,
-                        settings.downloads_retries, delay)  # fmt: skip
+            log.warning(
+                "job %s: %s; retry %d/%d in %.1f s", request.job_id, exc, attempt, settings.downloads_retries, delay
+            )
             ctx.on_progress(Progress(0, None, 0.0, None, state="retrying"))
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
@@ -556,8 +568,16 @@ def _attempt(request: Request, ctx: Context, http: Http) -> Outcome:
         lock.release()
 
 
-def _locked(request: Request, ctx: Context, http: Http, plan: sources.Plan, probe: Probe, target: Path,
-            expected_sha: str | None, lock: Lock) -> Outcome:  # fmt: skip
+def _locked(
+    request: Request,
+    ctx: Context,
+    http: Http,
+    plan: sources.Plan,
+    probe: Probe,
+    target: Path,
+    expected_sha: str | None,
+    lock: Lock,
+) -> Outcome:
     settings = ctx.settings
     if target.exists():
         size = target.stat().st_size
@@ -572,19 +592,31 @@ def _locked(request: Request, ctx: Context, http: Http, plan: sources.Plan, prob
     part = work_file(target, ".part")
     manifest_path = _manifest_path(part)
     manifest = Manifest.load(manifest_path)
-    usable = (manifest is not None and part.exists() and manifest.validator is not None
-              and manifest.validator == probe.validator and manifest.total == probe.total)  # fmt: skip
+    usable = (
+        manifest is not None
+        and part.exists()
+        and manifest.validator is not None
+        and manifest.validator == probe.validator
+        and manifest.total == probe.total
+    )
     if not usable:
         # Nothing, or a .part of other bytes (content changed, server changed): start over, never append.
         _remove_work(target)
-        segmented = (probe.ranges and probe.total is not None
-                     and probe.total >= settings.downloads_min_segmented_mb * MIB)  # fmt: skip
+        segmented = (
+            probe.ranges and probe.total is not None and probe.total >= settings.downloads_min_segmented_mb * MIB
+        )
         manifest = Manifest(
-            job_id=request.job_id, url=netsafe.clean_url(request.url), folder=request.folder, filename=target.name,
-            sha256=expected_sha, size=request.size, total=probe.total, validator=probe.validator,
+            job_id=request.job_id,
+            url=netsafe.clean_url(request.url),
+            folder=request.folder,
+            filename=target.name,
+            sha256=expected_sha,
+            size=request.size,
+            total=probe.total,
+            validator=probe.validator,
             segments=_plan_segments(probe.total, settings.downloads_segment_mb * MIB) if segmented else None,
             boot_id=boot_id(),
-        )  # fmt: skip
+        )
     assert manifest is not None
     present = part.stat().st_size if part.exists() else 0
     same_boot = manifest.boot_id == boot_id()
@@ -673,8 +705,9 @@ def _plan_segments(total: int, segment: int) -> list[Segment]:
     return [Segment(start, min(start + segment, total) - 1) for start in range(0, total, segment)]
 
 
-def _segmented(http: Http, plan: sources.Plan, probe: Probe, fd: int, manifest: Manifest, ctx: Context,
-               lock: Lock, part: Path) -> str | None:  # fmt: skip
+def _segmented(
+    http: Http, plan: sources.Plan, probe: Probe, fd: int, manifest: Manifest, ctx: Context, lock: Lock, part: Path
+) -> str | None:
     assert manifest.segments is not None and manifest.total is not None
     try:
         os.posix_fallocate(fd, 0, manifest.total)
@@ -683,8 +716,10 @@ def _segmented(http: Http, plan: sources.Plan, probe: Probe, fd: int, manifest: 
     transfer = _Transfer(http, probe.opened.url, plan, fd, manifest, ctx, lock, part)
     transfer.journal = os.open(_journal_path(part), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     pending = [(i, s) for i, s in enumerate(manifest.segments) if s.remaining > 0]
-    workers = [threading.Thread(target=transfer.segment_worker, args=(pending,), daemon=True)
-               for _ in range(min(ctx.settings.downloads_connections, len(pending)))]  # fmt: skip
+    workers = [
+        threading.Thread(target=transfer.segment_worker, args=(pending,), daemon=True)
+        for _ in range(min(ctx.settings.downloads_connections, len(pending)))
+    ]
     monitor = threading.Thread(
         target=transfer.monitor, args=(lambda: sum(s.written for s in manifest.segments),), daemon=True
     )
@@ -745,8 +780,17 @@ class _HashFollower:
         return self.hasher.hexdigest()
 
 
-def _sequential(http: Http, plan: sources.Plan, probe: Probe, fd: int, manifest: Manifest, ctx: Context,
-                lock: Lock, part: Path, present: int) -> tuple[str | None, int]:  # fmt: skip
+def _sequential(
+    http: Http,
+    plan: sources.Plan,
+    probe: Probe,
+    fd: int,
+    manifest: Manifest,
+    ctx: Context,
+    lock: Lock,
+    part: Path,
+    present: int,
+) -> tuple[str | None, int]:
     """One stream from `present`; returns the sha256 (None: hash the file) and where it really resumed."""
     url = probe.opened.url
     headers: dict[str, str] = {}

@@ -57,12 +57,18 @@ class Http:
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             # A bounded receive buffer: enough for a fast CDN link per connection, and little in flight to
             # lose when the worker is killed (a resume fetches again only what was never written).
-            socket_options=[*urllib3.connection.HTTPConnection.default_socket_options,
-                            (socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)],
-        )  # fmt: skip
+            socket_options=[
+                *urllib3.connection.HTTPConnection.default_socket_options,
+                (socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER),
+            ],
+        )
 
-    def open(self, url: str, headers: dict[str, str] | None = None, credential: Credential | None = None,
-             ) -> Opened:  # fmt: skip
+    def open(
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        credential: Credential | None = None,
+    ) -> Opened:
         """GET `url`, following redirects one hop at a time; the body is left unread."""
         first: dict[str, str] | None = None
         for _ in range(MAX_REDIRECTS + 1):

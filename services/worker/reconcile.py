@@ -40,8 +40,14 @@ def run(settings: Settings, client: redis.Redis, send: Callable[[str], None]) ->
                 continue
             job = jobs.get(client, manifest.job_id)
             if job is None:
-                job = DownloadJob(id=manifest.job_id, url=manifest.url, folder=manifest.folder,
-                                  filename=manifest.filename, sha256=manifest.sha256, size=manifest.size)  # fmt: skip
+                job = DownloadJob(
+                    id=manifest.job_id,
+                    url=manifest.url,
+                    folder=manifest.folder,
+                    filename=manifest.filename,
+                    sha256=manifest.sha256,
+                    size=manifest.size,
+                )
                 job, created = jobs.create(client, job)
                 if created:
                     send(job.id)
@@ -78,8 +84,9 @@ def _manifests(settings: Settings) -> list[Path]:
 def _stale(settings: Settings, job: DownloadJob, now: float) -> bool:
     if now - (job.heartbeat or job.updated) < settings.downloads_heartbeat_stale:
         return False
-    if job.filename and engine.live_holder(settings.paths, job.folder, job.filename,
-                                           settings.downloads_heartbeat_stale):  # fmt: skip
+    if job.filename and engine.live_holder(
+        settings.paths, job.folder, job.filename, settings.downloads_heartbeat_stale
+    ):
         return False
     return True
 

@@ -65,15 +65,23 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
         return None
     job.attempts += 1
     if job.attempts > settings.downloads_max_attempts:
-        _finish(client, job, "failed", f"stopped after {job.attempts - 1} attempts that each ended the worker"
-                                       " process: see the worker log")  # fmt: skip
+        _finish(
+            client,
+            job,
+            "failed",
+            f"stopped after {job.attempts - 1} attempts that each ended the worker process: see the worker log",
+        )
         return None
     job.state, job.error, job.heartbeat = "running", None, time.time()
     _save(client, job)
 
     def on_progress(progress: engine.Progress) -> None:
-        job.bytes_done, job.total, job.speed, job.eta = progress.bytes_done or job.bytes_done, progress.total, \
-            progress.speed, progress.eta  # fmt: skip
+        job.bytes_done, job.total, job.speed, job.eta = (
+            progress.bytes_done or job.bytes_done,
+            progress.total,
+            progress.speed,
+            progress.eta,
+        )
         job.state = "verifying" if progress.state == "verifying" else "running"
         job.heartbeat = time.time()
         _save(client, job, progress=True)
@@ -91,8 +99,9 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
 
     request = engine.Request(job.id, job.url, job.folder, job.filename, job.sha256, job.size)
     # Tokens set on the dashboard since the worker started apply to this job, without a restart.
-    ctx = engine.Context(credentials.effective(settings), on_progress, on_resolved, cancelled, RedisHashCache(client),
-                         owner=owner)  # fmt: skip
+    ctx = engine.Context(
+        credentials.effective(settings), on_progress, on_resolved, cancelled, RedisHashCache(client), owner=owner
+    )
     try:
         outcome = engine.fetch(request, ctx)
     except engine.Busy as exc:
@@ -113,6 +122,12 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
     job.already_present, job.resumed_from = outcome.already_present, outcome.resumed_from
     _finish(client, job, "done")
     _presets_changed(settings, client, job)
-    log.info("job %s done: %s (%d bytes, %d fetched, resumed from %d)", job.id, outcome.path, outcome.size,
-             outcome.fetched, outcome.resumed_from)  # fmt: skip
+    log.info(
+        "job %s done: %s (%d bytes, %d fetched, resumed from %d)",
+        job.id,
+        outcome.path,
+        outcome.size,
+        outcome.fetched,
+        outcome.resumed_from,
+    )
     return None

@@ -126,10 +126,14 @@ def access_message(plan: Plan, status: int) -> str:
     """What to do when the source refuses access; names the token's setting, never its value."""
     if plan.source == "huggingface":
         if plan.credential is None:
-            return (f"Hugging Face refused access ({status}): this model is gated or private. Accept its licence"
-                    f" at {plan.page} and set HF_TOKEN (dashboard settings or environment)")  # fmt: skip
-        return (f"Hugging Face refused access ({status}) with the HF_TOKEN that is set: accept the licence at"
-                f" {plan.page} with the account that owns the token, or use a token with read access")  # fmt: skip
+            return (
+                f"Hugging Face refused access ({status}): this model is gated or private. Accept its licence"
+                f" at {plan.page} and set HF_TOKEN (dashboard settings or environment)"
+            )
+        return (
+            f"Hugging Face refused access ({status}) with the HF_TOKEN that is set: accept the licence at"
+            f" {plan.page} with the account that owns the token, or use a token with read access"
+        )
     if plan.source == "civitai":
         if plan.credential is None:
             return f"Civitai refused access ({status}): this file needs a Civitai account. Set CIVITAI_TOKEN"

@@ -35,7 +35,7 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - polling through transient errors
+        except Exception as exc:
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})")

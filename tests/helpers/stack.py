@@ -56,9 +56,13 @@ class Stack:
     def start(self) -> Stack:
         self.proc = subprocess.Popen(
             [str(REPO / "docker" / "entrypoint.sh")],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-            text=True, errors="replace",
-        )  # fmt: skip
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
+            errors="replace",
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self
@@ -78,8 +82,9 @@ class Stack:
     def states(self) -> dict[str, dict]:
         return {info["name"]: info for info in self.rpc().supervisor.getAllProcessInfo()}
 
-    def wait_running(self, names: tuple[str, ...] = ("redis", "comfyui", "dashboard", "worker", "health"),
-                     timeout: float = 60) -> dict[str, dict]:  # fmt: skip
+    def wait_running(
+        self, names: tuple[str, ...] = ("redis", "comfyui", "dashboard", "worker", "health"), timeout: float = 60
+    ) -> dict[str, dict]:
         def all_running() -> dict | None:
             if self.proc and self.proc.poll() is not None:
                 raise AssertionError(f"the stack exited ({self.proc.returncode}):\n{self.output()[-3000:]}")
@@ -89,8 +94,14 @@ class Stack:
         return wait_for(all_running, timeout, 0.2, what=f"{names} RUNNING\n{self.output()[-2000:]}")
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(VENV_PYTHON), "-m", "services.ctl", *args], env=self.env, cwd=REPO,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        return subprocess.run(
+            [str(VENV_PYTHON), "-m", "services.ctl", *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def stop(self, timeout: float = 60) -> int | None:
         if self.proc is None:

@@ -30,12 +30,34 @@ VERSION = "0.33.0"
 HERE = Path(__file__).resolve().parent
 
 FOLDER_TYPES = [
-    "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
-    "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models",
-    "latent_upscale_models", "custom_nodes", "datasets", "hypernetworks", "photomaker", "classifiers",
-    "model_patches", "audio_encoders", "background_removal", "frame_interpolation", "geometry_estimation",
-    "optical_flow", "detection",
-]  # fmt: skip
+    "checkpoints",
+    "configs",
+    "loras",
+    "vae",
+    "text_encoders",
+    "diffusion_models",
+    "clip_vision",
+    "style_models",
+    "embeddings",
+    "diffusers",
+    "vae_approx",
+    "controlnet",
+    "gligen",
+    "upscale_models",
+    "latent_upscale_models",
+    "custom_nodes",
+    "datasets",
+    "hypernetworks",
+    "photomaker",
+    "classifiers",
+    "model_patches",
+    "audio_encoders",
+    "background_removal",
+    "frame_interpolation",
+    "geometry_estimation",
+    "optical_flow",
+    "detection",
+]
 LEGACY = {"unet": "diffusion_models", "clip": "text_encoders"}
 MODEL_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 
@@ -139,8 +161,15 @@ class Folders:
         for index, root in enumerate(self.paths.get(kind, [])):
             for rel in self.files_in(root, kind):
                 st = os.stat(os.path.join(root, rel))
-                out.append({"name": rel, "pathIndex": index, "modified": st.st_mtime, "created": st.st_ctime,
-                            "size": st.st_size})  # fmt: skip
+                out.append(
+                    {
+                        "name": rel,
+                        "pathIndex": index,
+                        "modified": st.st_mtime,
+                        "created": st.st_ctime,
+                        "size": st.st_size,
+                    }
+                )
         return out
 
     def files_in(self, root: str, kind: str) -> list[str]:
@@ -157,8 +186,12 @@ def tiny_png() -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     raw = b"\x00\x00\x00\x00"
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 class Server:
@@ -198,31 +231,46 @@ class Server:
 
     # --- routes
     @web.middleware
-    async def fail_middleware(self, request: web.Request, handler):  # noqa: ANN001, ANN201
+    async def fail_middleware(self, request: web.Request, handler):
         if self.fail_status and request.path != "/ws":
             return web.Response(status=self.fail_status, text="500 Internal Server Error")
         return await handler(request)
 
     async def system_stats(self, request: web.Request) -> web.Response:
-        return web.json_response({
-            "system": {
-                "os": sys.platform, "ram_total": 24 * 1024**3, "ram_free": 20 * 1024**3,
-                "comfyui_version": VERSION, "required_frontend_version": "1.28.6",
-                "python_version": sys.version, "pytorch_version": "2.9.1+cpu", "embedded_python": False,
-                "argv": sys.argv,
-            },
-            "devices": [{
-                "name": "cpu" if self.args.cpu else "cuda:0 stand-in", "type": "cpu" if self.args.cpu else "cuda",
-                "index": None if self.args.cpu else 0, "vram_total": 0, "vram_free": 0,
-                "torch_vram_total": 0, "torch_vram_free": 0,
-            }],
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "system": {
+                    "os": sys.platform,
+                    "ram_total": 24 * 1024**3,
+                    "ram_free": 20 * 1024**3,
+                    "comfyui_version": VERSION,
+                    "required_frontend_version": "1.28.6",
+                    "python_version": sys.version,
+                    "pytorch_version": "2.9.1+cpu",
+                    "embedded_python": False,
+                    "argv": sys.argv,
+                },
+                "devices": [
+                    {
+                        "name": "cpu" if self.args.cpu else "cuda:0 stand-in",
+                        "type": "cpu" if self.args.cpu else "cuda",
+                        "index": None if self.args.cpu else 0,
+                        "vram_total": 0,
+                        "vram_free": 0,
+                        "torch_vram_total": 0,
+                        "torch_vram_free": 0,
+                    }
+                ],
+            }
+        )
 
     async def get_queue(self, request: web.Request) -> web.Response:
-        return web.json_response({
-            "queue_running": [self.running] if self.running else [],
-            "queue_pending": list(self.queue),
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "queue_running": [self.running] if self.running else [],
+                "queue_pending": list(self.queue),
+            }
+        )
 
     async def post_queue(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -244,10 +292,15 @@ class Server:
         for node_id, node in prompt.items():
             class_type = node.get("class_type") if isinstance(node, dict) else None
             if class_type not in NODES:
-                return ({"type": "missing_node_type",
-                         "message": f"Node '{class_type}' not found. The custom node may not be installed.",
-                         "details": f"Node ID '#{node_id}'", "extra_info": {"node_id": node_id,
-                         "class_type": class_type}}, {})  # fmt: skip
+                return (
+                    {
+                        "type": "missing_node_type",
+                        "message": f"Node '{class_type}' not found. The custom node may not be installed.",
+                        "details": f"Node ID '#{node_id}'",
+                        "extra_info": {"node_id": node_id, "class_type": class_type},
+                    },
+                    {},
+                )
             if NODES[class_type]["output"]:
                 outputs.append(node_id)
             for name, kind in NODES[class_type]["inputs"].items():
@@ -255,19 +308,32 @@ class Server:
                 allowed = self.folders.files(kind)
                 if value not in allowed:
                     node_errors[node_id] = {
-                        "errors": [{
-                            "type": "value_not_in_list", "message": "Value not in list",
-                            "details": f"{name}: '{value}' not in {allowed}",
-                            "extra_info": {"input_name": name, "input_config": [allowed], "received_value": value},
-                        }],
-                        "dependent_outputs": [], "class_type": class_type,
-                    }  # fmt: skip
+                        "errors": [
+                            {
+                                "type": "value_not_in_list",
+                                "message": "Value not in list",
+                                "details": f"{name}: '{value}' not in {allowed}",
+                                "extra_info": {"input_name": name, "input_config": [allowed], "received_value": value},
+                            }
+                        ],
+                        "dependent_outputs": [],
+                        "class_type": class_type,
+                    }
         if not outputs:
-            return ({"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "",
-                     "extra_info": {}}, {})  # fmt: skip
+            return (
+                {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
+                {},
+            )
         if node_errors:
-            return ({"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                     "details": "", "extra_info": {}}, node_errors)  # fmt: skip
+            return (
+                {
+                    "type": "prompt_outputs_failed_validation",
+                    "message": "Prompt outputs failed validation",
+                    "details": "",
+                    "extra_info": {},
+                },
+                node_errors,
+            )
         return None, {}
 
     @staticmethod
@@ -292,11 +358,18 @@ class Server:
         number = self.number
         self.number += 1
         extra = {"client_id": body.get("client_id")}
-        self.queue.append([number, prompt_id, prompt, extra, [k for k, v in prompt.items()
-                                                              if NODES[v["class_type"]]["output"]]])  # fmt: skip
-        self.jobs[prompt_id] = {"id": prompt_id, "status": "pending", "create_time": int(time.time() * 1000),
-                                "execution_start_time": None, "execution_end_time": None, "outputs_count": 0,
-                                "preview_output": None}  # fmt: skip
+        self.queue.append(
+            [number, prompt_id, prompt, extra, [k for k, v in prompt.items() if NODES[v["class_type"]]["output"]]]
+        )
+        self.jobs[prompt_id] = {
+            "id": prompt_id,
+            "status": "pending",
+            "create_time": int(time.time() * 1000),
+            "execution_start_time": None,
+            "execution_end_time": None,
+            "outputs_count": 0,
+            "preview_output": None,
+        }
         self.wake.set()
         await self.send(self.status_message())
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
@@ -318,33 +391,59 @@ class Server:
         job = self.jobs[prompt_id]
         job.update(status="in_progress", execution_start_time=int(time.time() * 1000))
         await self.send(self.status_message())
-        await self.send({"type": "execution_start", "data": {"prompt_id": prompt_id, "timestamp": job[
-            "execution_start_time"]}}, client)  # fmt: skip
+        await self.send(
+            {"type": "execution_start", "data": {"prompt_id": prompt_id, "timestamp": job["execution_start_time"]}},
+            client,
+        )
         await self.send({"type": "execution_cached", "data": {"nodes": [], "prompt_id": prompt_id}}, client)
         outputs: dict = {}
         for node_id, node in prompt.items():
-            await self.send({"type": "executing", "data": {"node": node_id, "display_node": node_id,
-                                                          "prompt_id": prompt_id}}, client)  # fmt: skip
+            await self.send(
+                {"type": "executing", "data": {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}},
+                client,
+            )
             if node["class_type"] == "KSampler":
                 for step in range(1, 4):
                     await asyncio.sleep(self.step_seconds)
-                    await self.send({"type": "progress", "data": {"value": step, "max": 3, "prompt_id": prompt_id,
-                                                                 "node": node_id}}, client)  # fmt: skip
+                    await self.send(
+                        {
+                            "type": "progress",
+                            "data": {"value": step, "max": 3, "prompt_id": prompt_id, "node": node_id},
+                        },
+                        client,
+                    )
             await asyncio.sleep(self.step_seconds)
             if NODES[node["class_type"]]["output"]:
                 self.output.mkdir(parents=True, exist_ok=True)
                 name = f"ComfyUI_{number:05d}_.png"
                 (self.output / name).write_bytes(tiny_png())
                 outputs[node_id] = {"images": [{"filename": name, "subfolder": "", "type": "output"}]}
-                await self.send({"type": "executed", "data": {"node": node_id, "display_node": node_id,
-                                 "output": outputs[node_id], "prompt_id": prompt_id}}, client)  # fmt: skip
+                await self.send(
+                    {
+                        "type": "executed",
+                        "data": {
+                            "node": node_id,
+                            "display_node": node_id,
+                            "output": outputs[node_id],
+                            "prompt_id": prompt_id,
+                        },
+                    },
+                    client,
+                )
         end = int(time.time() * 1000)
         await self.send({"type": "execution_success", "data": {"prompt_id": prompt_id, "timestamp": end}}, client)
         self.history[prompt_id] = {
-            "prompt": item, "outputs": outputs,
-            "status": {"status_str": "success", "completed": True, "messages": [
-                ["execution_start", {"prompt_id": prompt_id}], ["execution_success", {"prompt_id": prompt_id}]]},
-        }  # fmt: skip
+            "prompt": item,
+            "outputs": outputs,
+            "status": {
+                "status_str": "success",
+                "completed": True,
+                "messages": [
+                    ["execution_start", {"prompt_id": prompt_id}],
+                    ["execution_success", {"prompt_id": prompt_id}],
+                ],
+            },
+        }
         first = next(iter(outputs.values()), {}).get("images", [None])[0]
         job.update(status="completed", execution_end_time=end, outputs_count=len(outputs), preview_output=first)
         self.running = None
@@ -378,13 +477,26 @@ class Server:
         offset = int(request.query.get("offset", 0))
         limit = int(request.query.get("limit", 100))
         page = jobs[offset : offset + limit]
-        return web.json_response({"jobs": page, "pagination": {"offset": offset, "limit": limit,
-                                  "total": len(jobs), "has_more": offset + limit < len(jobs)}})  # fmt: skip
+        return web.json_response(
+            {
+                "jobs": page,
+                "pagination": {
+                    "offset": offset,
+                    "limit": limit,
+                    "total": len(jobs),
+                    "has_more": offset + limit < len(jobs),
+                },
+            }
+        )
 
     async def interrupt(self, request: web.Request) -> web.Response:
         if self.running:
-            await self.send({"type": "execution_interrupted", "data": {"prompt_id": self.running[1], "node_id": None,
-                             "node_type": None, "executed": []}})  # fmt: skip
+            await self.send(
+                {
+                    "type": "execution_interrupted",
+                    "data": {"prompt_id": self.running[1], "node_id": None, "node_type": None, "executed": []},
+                }
+            )
         return web.Response(status=200)
 
     async def free(self, request: web.Request) -> web.Response:
@@ -448,17 +560,25 @@ class Server:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.fail_middleware])
         routes = [
-            ("GET", "/system_stats", self.system_stats), ("GET", "/queue", self.get_queue),
-            ("POST", "/queue", self.post_queue), ("GET", "/prompt", self.get_prompt),
-            ("POST", "/prompt", self.post_prompt), ("GET", "/history", self.get_history),
-            ("GET", "/history/{prompt_id}", self.get_history_id), ("POST", "/history", self.post_history),
-            ("POST", "/interrupt", self.interrupt), ("POST", "/free", self.free), ("GET", "/models", self.models),
+            ("GET", "/system_stats", self.system_stats),
+            ("GET", "/queue", self.get_queue),
+            ("POST", "/queue", self.post_queue),
+            ("GET", "/prompt", self.get_prompt),
+            ("POST", "/prompt", self.post_prompt),
+            ("GET", "/history", self.get_history),
+            ("GET", "/history/{prompt_id}", self.get_history_id),
+            ("POST", "/history", self.post_history),
+            ("POST", "/interrupt", self.interrupt),
+            ("POST", "/free", self.free),
+            ("GET", "/models", self.models),
             ("GET", "/models/{folder}", self.models_type),
             ("GET", "/experiment/models/{folder}", self.experiment_models),
-            ("GET", "/embeddings", self.embeddings), ("GET", "/extensions", self.extensions),
-            ("GET", "/features", self.features), ("GET", "/object_info", self.object_info),
+            ("GET", "/embeddings", self.embeddings),
+            ("GET", "/extensions", self.extensions),
+            ("GET", "/features", self.features),
+            ("GET", "/object_info", self.object_info),
             ("GET", "/view", self.view),
-        ]  # fmt: skip
+        ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
             app.router.add_route(method, "/api" + path, handler)
@@ -515,7 +635,7 @@ def main() -> int:
         log(f"Loading extra model paths config: {config}")
         try:
             folders.load_yaml(config)
-        except Exception as exc:  # noqa: BLE001 - ComfyUI dies with a traceback here too
+        except Exception as exc:
             log(f"Traceback (most recent call last):\n  ...\n{type(exc).__name__}: {exc}")
             return 1
     if args.output_directory:
