@@ -11,19 +11,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services.common.messages import DownloadSpec
 from services.common.settings import Settings
-from services.worker import engine
+from services.worker import download
 
 
 def main() -> int:
     url, workspace = sys.argv[1], Path(sys.argv[2])
     settings = Settings(workspace=workspace, downloads_allow_private_hosts=True, downloads_reserve_mb=0)
 
-    def progress(p: engine.Progress) -> None:
+    def progress(p: download.Progress) -> None:
         print(f"progress {p.bytes_done} {p.total}", flush=True)
 
     begin = time.perf_counter()
-    out = engine.fetch(engine.Request("bench0000bench00", url, "checkpoints"), engine.Context(settings, progress))
+    out = download.fetch(
+        "bench0000bench00", DownloadSpec(url=url, folder="checkpoints"), download.Context(settings, progress)
+    )
     print(f"done {time.perf_counter() - begin:.3f} {out.sha256} resumed_from={out.resumed_from}", flush=True)
     return 0
 

@@ -1,4 +1,4 @@
-"""The download engine against the fault-injecting file server: every bad input and fault of issue 3.
+"""The download engine against the fault-injecting file server: every bad input and fault a download can meet.
 
 What must hold in each: no file under its final name is ever partial or wrong, the message says what
 to do, and a resumed download fetches only what is missing.
@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from services.common.messages import DownloadSpec
 from services.common.settings import Settings
-from services.worker import engine
+from services.worker import download
 from services.worker.http import DownloadError
 from tests.helpers.mounts import fill, tmpfs
 from tests.helpers.procs import short_dir, wait_for
@@ -62,9 +63,9 @@ def fetch(
     sha256: str | None = None,
     size: int | None = None,
     **ctx: object,
-) -> engine.Outcome:
-    request = engine.Request("ab" * 8, url, folder, filename, sha256, size)
-    return engine.fetch(request, engine.Context(settings, **ctx))
+) -> download.Outcome:
+    spec = DownloadSpec(url=url, folder=folder, filename=filename, sha256=sha256, size=size)
+    return download.fetch("ab" * 8, spec, download.Context(settings, **ctx))
 
 
 def folder_files(settings: Settings, folder: str = "checkpoints") -> list[str]:
@@ -293,7 +294,7 @@ def test_cancel_stops_within_a_second_and_removes_the_part(s, file_server):
     def run():
         try:
             fetch(slow, file_server.url("f.bin"), cancelled=flag.is_set)
-        except engine.Cancelled:
+        except download.Cancelled:
             result["cancelled_at"] = time.monotonic()
 
     thread = threading.Thread(target=run)
@@ -329,15 +330,16 @@ def test_two_writers_never_share_a_destination(s, file_server):
     first.start()
     part = s.paths.models / "checkpoints" / "f.bin.part"
     wait_for(lambda: part.exists() and part.stat().st_size > 0, 10)
-    with pytest.raises(engine.Busy, match="is being downloaded by"):
-        engine.fetch(engine.Request("cd" * 8, file_server.url("f.bin"), "checkpoints"), engine.Context(slow))
+    with pytest.raises(download.Busy, match="is being downloaded by"):
+        spec = DownloadSpec(url=file_server.url("f.bin"), folder="checkpoints")
+        download.fetch("cd" * 8, spec, download.Context(slow))
     first.join(20)
     assert folder_files(s) == ["f.bin"]
 
 
 def _killable_fetch(settings_json: str, url: str) -> None:
     settings = Settings.model_validate_json(settings_json)
-    engine.fetch(engine.Request("ef" * 8, url, "checkpoints"), engine.Context(settings))
+    download.fetch("ef" * 8, DownloadSpec(url=url, folder="checkpoints"), download.Context(settings))
 
 
 @pytest.mark.parametrize("boot", ["same", "rebooted"])
@@ -361,7 +363,7 @@ def test_kill_9_mid_download_then_resume_fetches_only_the_rest(s, file_server, s
     folder = s.paths.models / "checkpoints"
 
     def stalled_and_recorded() -> bool:
-        manifest = engine.Manifest.load(folder / "f.bin.part.json")
+        manifest = download.Manifest.load(folder / "f.bin.part.json")
         if manifest is None:
             return False
         if manifest.segments is not None:
@@ -373,7 +375,7 @@ def test_kill_9_mid_download_then_resume_fetches_only_the_rest(s, file_server, s
     proc.join()
     file_server.clear_faults()
     manifest_path = folder / "f.bin.part.json"
-    durable = engine.Manifest.load(manifest_path)
+    durable = download.Manifest.load(manifest_path)
     if boot == "rebooted":  # written-but-unsynced bytes may be gone: only what was fsynced counts
         record = json.loads(manifest_path.read_text())
         record["boot_id"] = "another-boot"

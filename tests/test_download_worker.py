@@ -76,7 +76,8 @@ def client(stack):
 def submit(
     stack, client, url: str, folder: str = "checkpoints", filename: str | None = None, sha256: str | None = None
 ) -> messages.DownloadJob:
-    job, created = jobs.submit(stack.settings, client, url, folder, filename, sha256)
+    spec = messages.DownloadSpec(url=url, folder=folder, filename=filename, sha256=sha256)
+    job, created = jobs.submit(stack.settings, client, spec, queue.download_sender(stack.settings))
     assert created
     return job
 
@@ -133,14 +134,16 @@ def test_queued_download_lands_verified_and_comfyui_lists_it(stack, server, clie
     thread.join(10)
     assert [e.job.state for e in events][-1] == "done"
     # Enqueueing the same destination again while done: a new job that finds the file already there.
-    again, created = jobs.submit(s, client, url, "checkpoints")
+    spec = messages.DownloadSpec(url=url, folder="checkpoints")
+    again, created = jobs.submit(s, client, spec, queue.download_sender(s))
     assert created and wait_state(client, again.id, messages.TERMINAL).already_present
 
 
 def test_duplicate_enqueue_returns_the_running_job(stack, server, client):
     url, _ = stalled_file(server, "dup.bin", 2 * MIB, MIB, seed=2, seconds=3)
     first = submit(stack, client, url, filename="dup.bin")
-    second, created = jobs.submit(stack.settings, client, url, "checkpoints", "dup.bin")
+    spec = messages.DownloadSpec(url=url, folder="checkpoints", filename="dup.bin")
+    second, created = jobs.submit(stack.settings, client, spec, queue.download_sender(stack.settings))
     assert not created and second.id == first.id
     assert wait_state(client, first.id, messages.TERMINAL).state == "done"
 
@@ -163,7 +166,7 @@ def test_a3_duplicate_delivery_while_the_first_runs_is_a_no_op(stack, server, cl
     url, data = stalled_file(server, "a3.bin", 3 * MIB, 2 * MIB, seed=4, seconds=4)
     job = submit(stack, client, url, filename="a3.bin")
     task_pid(stack, "checkpoints", "a3.bin")
-    jobs.send(stack.settings, job.id)  # what a visibility-timeout redelivery looks like to the task
+    queue.download_sender(stack.settings)(job.id)  # what a visibility-timeout redelivery looks like to the task
     done = wait_state(client, job.id, messages.TERMINAL)
     assert done.state == "done" and done.attempts == 1
     time.sleep(1)
@@ -357,10 +360,10 @@ def test_a_user_preset_installs_live_missing_partial_installed(stack, tls_server
     thread.start()
     listening.wait(5)
     assert presets.show(s, client, "live-test")["state"] == "missing"
-    queued = presets.install(s, client, "live-test")
+    queued = presets.install(s, client, "live-test", queue.download_sender(s))
     assert len(queued) == 2
     thread.join(60)
     assert seen[0] == "partial" and seen[-1] == "installed", seen
     shown = presets.show(s, client, "live-test")
     assert shown["state"] == "installed" and shown["files"][0]["state"] == "verified"
-    assert presets.install(s, client, "live-test") == []  # installed: nothing to queue
+    assert presets.install(s, client, "live-test", queue.download_sender(s)) == []  # installed: nothing to queue

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from services.common import jobs
-from services.common.messages import DownloadJob
+from services.common.errors import BadInput
+from services.common.messages import DownloadJob, DownloadSpec
 
 
 @pytest.mark.parametrize(
@@ -24,13 +25,13 @@ def test_bad_requests_name_the_field(settings, kwargs, message):
     request = {"url": "https://127.0.0.1/x.bin", "folder": "loras", "filename": None, "sha256": None, "size": None}
     request.update(kwargs)
     allow = settings.model_copy(update={"downloads_allow_private_hosts": True})
-    with pytest.raises(jobs.BadRequest, match=message):
-        jobs.validate_request(allow, **request)
+    with pytest.raises(BadInput, match=message):
+        jobs.validate(allow, DownloadSpec(**request))
 
 
 def test_loopback_needs_the_setting(settings):
-    with pytest.raises(jobs.BadRequest, match="a loopback address"):
-        jobs.validate_request(settings, "http://127.0.0.1:9/x", "loras", None, None, None)
+    with pytest.raises(BadInput, match="a loopback address"):
+        jobs.validate(settings, DownloadSpec(url="http://127.0.0.1:9/x", folder="loras"))
 
 
 def test_tokens_are_stripped_from_urls():
@@ -41,14 +42,20 @@ def test_tokens_are_stripped_from_urls():
 
 
 def test_one_job_per_destination_while_it_runs(redis_client):
-    first, created = jobs.create(redis_client, jobs.new_job("https://e.com/a", "vae", "a.bin", None, None))
+    first, created = jobs.create(
+        redis_client, jobs.new_job(DownloadSpec(url="https://e.com/a", folder="vae", filename="a.bin"))
+    )
     assert created
-    second, created = jobs.create(redis_client, jobs.new_job("https://e.com/other", "vae", "a.bin", None, None))
+    second, created = jobs.create(
+        redis_client, jobs.new_job(DownloadSpec(url="https://e.com/other", folder="vae", filename="a.bin"))
+    )
     assert not created and second.id == first.id
     first.state = "done"
     jobs.save(redis_client, first)
     jobs.release(redis_client, first)
-    third, created = jobs.create(redis_client, jobs.new_job("https://e.com/a", "vae", "a.bin", None, None))
+    third, created = jobs.create(
+        redis_client, jobs.new_job(DownloadSpec(url="https://e.com/a", folder="vae", filename="a.bin"))
+    )
     assert created and third.id != first.id
 
 

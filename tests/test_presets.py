@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from services.common import jobs, messages, presets
+from services.common.errors import Problem
 from services.common.paths import ALL_FOLDERS
 from services.common.settings import Settings
 from tests.helpers.procs import REPO
@@ -173,8 +175,9 @@ def test_listing_filters_and_sizes(settings, redis_client):
 
 
 def test_install_needs_the_token_it_names(settings, redis_client):
-    with pytest.raises(presets.PresetProblem) as err:
-        presets.install(settings, redis_client, "flux-dev")
+    sent: list[str] = []
+    with pytest.raises(Problem) as err:
+        presets.install(settings, redis_client, "flux-dev", sent.append)
     text = str(err.value)
     assert "set HF_TOKEN" in text and "https://huggingface.co/black-forest-labs/FLUX.1-dev" in text
     assert jobs.all_jobs(redis_client) == []
@@ -210,9 +213,10 @@ def test_install_queues_once_and_remove_keeps_shared_files(settings, redis_clien
 
     write_user(allow, "a.yaml", preset("preset-a", "a.safetensors", a_data))
     write_user(allow, "b.yaml", preset("preset-b", "b.safetensors", b_data))
-    queued = presets.install(allow, redis_client, "preset-a")
-    assert len(queued) == 2
-    assert [j.id for j in presets.install(allow, redis_client, "preset-a")] == [j.id for j in queued]
+    sent: list[str] = []
+    queued = presets.install(allow, redis_client, "preset-a", sent.append)
+    assert len(queued) == 2 and sorted(sent) == sorted(j.id for j in queued)
+    assert [j.id for j in presets.install(allow, redis_client, "preset-a", sent.append)] == [j.id for j in queued]
     assert len(jobs.all_jobs(redis_client)) == 2  # installing twice queued nothing new
     # Land the files as the worker would, then B shares the encoder.
     for folder, name, data in (
@@ -242,8 +246,9 @@ def test_install_queues_once_and_remove_keeps_shared_files(settings, redis_clien
 
 
 def test_unknown_preset(settings, redis_client):
-    for operation in (presets.show, presets.install, presets.remove):
-        with pytest.raises(presets.PresetProblem, match="no preset 'nope'"):
+    install = functools.partial(presets.install, send=lambda job_id: None)
+    for operation in (presets.show, install, presets.remove):
+        with pytest.raises(Problem, match="no preset 'nope'"):
             operation(settings, redis_client, "nope")
 
 

@@ -8,21 +8,17 @@ import socket
 import time
 
 from services.common import jobs
-from services.common.messages import DownloadJob
-from services.worker import engine, reconcile
+from services.common.messages import DownloadJob, DownloadSpec
+from services.worker import download, reconcile
 
 
 def manifest(settings, job_id: str, name: str, folder: str = "checkpoints") -> None:
     base = settings.paths.models / folder
     base.mkdir(parents=True, exist_ok=True)
     (base / f"{name}.part").write_bytes(b"x" * 100)
-    m = engine.Manifest(
+    m = download.Manifest(
         job_id=job_id,
-        url=f"https://example.com/{name}",
-        folder=folder,
-        filename=name,
-        sha256=None,
-        size=None,
+        spec=DownloadSpec(url=f"https://example.com/{name}", folder=folder, filename=name),
         total=1000,
         validator='"v"',
         segments=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import redis
@@ -11,6 +12,23 @@ import redis
 from services.common import messages
 
 MIB = 1024 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_sha256(value: str) -> str:
+    """A sha256 as we store it (64 lowercase hex digits); raises ValueError naming what a sha256 is."""
+    digest = value.strip().lower() if isinstance(value, str) else ""
+    if not _SHA256.fullmatch(digest):
+        raise ValueError("must be 64 hexadecimal characters")
+    return digest
+
+
+def parse_sha256(text: str | None) -> str | None:
+    """A sha256 from what a server sent (an API field, a header), or None when it is not one."""
+    try:
+        return check_sha256(text or "")
+    except ValueError:
+        return None
 
 
 def sha256_of(path: Path, limit: int | None = None, hasher=None):

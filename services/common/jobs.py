@@ -6,50 +6,51 @@ storing it are one step, so the dashboard's snapshot and the worker's state cann
 
 from __future__ import annotations
 
-import functools
 import time
 import uuid
+from collections.abc import Callable
 
 import redis
-from celery import Celery
 
-from services.common import bus, messages, netsafe, queue
-from services.common.messages import DownloadEvent, DownloadJob, DownloadProgress
+from services.common import bus, messages, netsafe
+from services.common.errors import BadInput, Conflict
+from services.common.hashing import check_sha256
+from services.common.messages import DownloadEvent, DownloadJob, DownloadProgress, DownloadSpec
 from services.common.paths import check_filename, check_folder
 from services.common.settings import Settings
 
+# Queues a job's task by its id (the dashboard's and the worker's Celery senders both fit).
+Send = Callable[[str], None]
 
-class BadRequest(ValueError):
-    """A download request a user got wrong; the message says what to fix."""
 
-
-def validate_request(
-    settings: Settings, url: str, folder: str, filename: str | None, sha256: str | None, size: int | None
-) -> tuple[str, str, str | None, str | None]:
-    """Check a request before anything is queued; raise BadRequest naming the field at fault."""
-    if not isinstance(url, str) or not url.strip():
-        raise BadRequest("url: give the address of the file to download")
+def validate(settings: Settings, spec: DownloadSpec) -> DownloadSpec:
+    """The semantic checks of a spec before anything is queued (its types are the model's); raise BadInput
+    naming the field at fault. Returns the spec as it will be stored (URL without credentials)."""
+    if not spec.url.strip():
+        raise BadInput("url: give the address of the file to download")
     try:
-        check_folder(folder)
+        check_folder(spec.folder)
     except ValueError as exc:
-        raise BadRequest(f"folder: {exc}") from None
-    if filename is not None:
+        raise BadInput(f"folder: {exc}") from None
+    if spec.filename is not None:
         try:
-            check_filename(filename)
+            check_filename(spec.filename)
         except ValueError as exc:
-            raise BadRequest(f"filename: {exc}") from None
-    if sha256 is not None:
-        sha256 = sha256.strip().lower()
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise BadRequest("sha256: must be 64 hexadecimal characters")
-    if size is not None and (not isinstance(size, int) or size < 0):
-        raise BadRequest("size: must be a whole number of bytes")
-    url = netsafe.clean_url(url)
+            raise BadInput(f"filename: {exc}") from None
+    sha256 = None
+    if spec.sha256 is not None:
+        try:
+            sha256 = check_sha256(spec.sha256)
+        except ValueError as exc:
+            raise BadInput(f"sha256: {exc}") from None
+    if spec.size is not None and spec.size < 0:
+        raise BadInput("size: must be a whole number of bytes")
+    url = netsafe.clean_url(spec.url)
     try:
         netsafe.check_url(url, settings.downloads_allow_private_hosts)
     except netsafe.UnsafeUrl as exc:
-        raise BadRequest(f"url: {exc}") from None
-    return url, folder, filename, sha256
+        raise BadInput(f"url: {exc}") from None
+    return spec.model_copy(update={"url": url, "sha256": sha256})
 
 
 def save(client: redis.Redis, job: DownloadJob, progress: bool = False) -> None:
@@ -98,34 +99,15 @@ def release(client: redis.Redis, job: DownloadJob) -> None:
         client.delete(key)
 
 
-def new_job(url: str, folder: str, filename: str | None, sha256: str | None, size: int | None) -> DownloadJob:
-    return DownloadJob(id=uuid.uuid4().hex[:16], url=url, folder=folder, filename=filename, sha256=sha256, size=size)
+def new_job(spec: DownloadSpec) -> DownloadJob:
+    return DownloadJob(id=uuid.uuid4().hex[:16], **spec.model_dump())
 
 
-@functools.lru_cache(maxsize=4)
-def _celery(settings: Settings) -> Celery:
-    return queue.client(settings)
-
-
-def send(settings: Settings, job_id: str) -> None:
-    """Queue the task for a job: only its id crosses the queue (no URL, no token)."""
-    _celery(settings).send_task(messages.TASK_DOWNLOAD, args=[job_id])
-
-
-def submit(
-    settings: Settings,
-    client: redis.Redis,
-    url: str,
-    folder: str,
-    filename: str | None = None,
-    sha256: str | None = None,
-    size: int | None = None,
-) -> tuple[DownloadJob, bool]:
+def submit(settings: Settings, client: redis.Redis, spec: DownloadSpec, send: Send) -> tuple[DownloadJob, bool]:
     """Validate, store and queue a download; return the job and whether it is new."""
-    url, folder, filename, sha256 = validate_request(settings, url, folder, filename, sha256, size)
-    job, created = create(client, new_job(url, folder, filename, sha256, size))
+    job, created = create(client, new_job(validate(settings, spec)))
     if created:
-        send(settings, job.id)
+        send(job.id)
     return job, created
 
 
@@ -146,16 +128,18 @@ def cancel_requested(client: redis.Redis, job_id: str) -> bool:
     return bool(client.exists(messages.download_cancel_key(job_id)))
 
 
-def retry(settings: Settings, client: redis.Redis, job_id: str) -> DownloadJob | None:
-    """Queue a failed or cancelled job again, from what its `.part` already holds."""
+def retry(client: redis.Redis, job_id: str, send: Send) -> DownloadJob | None:
+    """Queue a failed or cancelled job again, from what its `.part` already holds; None: no such job."""
     job = get(client, job_id)
-    if job is None or not job.terminal or job.state == "done":
-        return job
+    if job is None:
+        return None
+    if job.state not in ("failed", "cancelled"):
+        raise Conflict(f"only a failed or cancelled download can be retried (this one is {job.state})")
     client.delete(messages.download_cancel_key(job_id))
     job.state, job.error, job.finished, job.attempts = "queued", None, None, 0
     job, created = create(client, job)
     if created:
-        send(settings, job.id)
+        send(job.id)
     return job
 
 

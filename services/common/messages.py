@@ -9,7 +9,7 @@ import json
 import time
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 SCHEMA_VERSION = 1
 
@@ -38,6 +38,11 @@ def download_dedupe_key(folder: str, name: str) -> str:
 def download_cancel_key(job_id: str) -> str:
     """Set when a user cancels a running job; the worker polls it."""
     return f"downloads:cancel:{job_id}"
+
+
+def reconcile_lock_key() -> str:
+    """Held while one reconciler pass runs, so workers and pods never reconcile at once."""
+    return "downloads:reconcile:lock"
 
 
 def verified_key(path: str) -> str:
@@ -121,17 +126,29 @@ DownloadState = Literal["queued", "running", "verifying", "done", "failed", "can
 TERMINAL = ("done", "failed", "cancelled")
 
 
-class DownloadJob(BaseModel):
-    """A download: what to fetch, where to, and how far it got. No token is ever part of it."""
+class DownloadSpec(BaseModel):
+    """What to download, and where: the one description of a download, from the API through the job, the
+    engine and the manifest on the volume. Types are checked here (strictly: `"5"` is not a size, `true`
+    not a number); the address, the folder and the name are checked by `jobs.validate`."""
 
     model_config = ConfigDict(extra="forbid")
 
+    url: StrictStr
+    folder: StrictStr
+    filename: StrictStr | None = None
+    sha256: StrictStr | None = None
+    size: StrictInt | None = None
+
+    @property
+    def spec(self) -> DownloadSpec:
+        """Only the spec's fields (of a job, too)."""
+        return DownloadSpec(**{name: getattr(self, name) for name in DownloadSpec.model_fields})
+
+
+class DownloadJob(DownloadSpec):
+    """A download: its spec, and how far it got. No token is ever part of it."""
+
     id: str
-    url: str
-    folder: str
-    filename: str | None = None
-    sha256: str | None = None
-    size: int | None = None
     state: DownloadState = "queued"
     bytes_done: int = 0
     total: int | None = None

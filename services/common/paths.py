@@ -58,8 +58,54 @@ WORKSPACE_DIRS: tuple[str, ...] = (
     "logs",
 )
 
-# Names the download engine writes beside a model; never a model's own name.
-WORK_SUFFIXES = (".part", ".part.json", ".part.progress", ".lock")
+# Names the download engine writes beside a model (bytes, manifest, progress journal, lock): never a
+# model's own name, and never listed as a model.
+PART, MANIFEST, JOURNAL, LOCK = ".part", ".part.json", ".part.progress", ".lock"
+WORK_SUFFIXES = (PART, MANIFEST, JOURNAL, LOCK)
+
+
+@dataclass(frozen=True)
+class WorkFiles:
+    """The work files of one download target, named in this one place."""
+
+    target: Path
+
+    @classmethod
+    def of_manifest(cls, manifest: Path) -> WorkFiles:
+        return cls(manifest.with_name(manifest.name.removesuffix(MANIFEST)))
+
+    def _with(self, suffix: str) -> Path:
+        return self.target.with_name(self.target.name + suffix)
+
+    @property
+    def part(self) -> Path:
+        return self._with(PART)
+
+    @property
+    def manifest(self) -> Path:
+        return self._with(MANIFEST)
+
+    @property
+    def journal(self) -> Path:
+        return self._with(JOURNAL)
+
+    @property
+    def lock(self) -> Path:
+        return self._with(LOCK)
+
+    def all(self) -> tuple[Path, ...]:
+        return tuple(self._with(suffix) for suffix in WORK_SUFFIXES)
+
+    def remove_partial(self) -> int:
+        """Delete the bytes and what describes them (not the lock: its holder releases it); returns how many."""
+        removed = 0
+        for path in (self.part, self.manifest, self.journal):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed
 
 
 def check_filename(name: str) -> str:

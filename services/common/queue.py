@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from celery import Celery
 
+from services.common import messages
 from services.common.settings import Settings
 
 # Far above the longest download: past it, Redis hands a running task to a second worker.
@@ -33,8 +36,19 @@ def celery_config(settings: Settings) -> dict:
     }
 
 
-def client(settings: Settings) -> Celery:
-    """A Celery app that only sends tasks by name (services never import the worker)."""
-    app = Celery("comfyui-docker", set_as_current=False)
+def client(settings: Settings, set_as_current: bool = False) -> Celery:
+    """A Celery app configured for the stack: the worker's (current) or a sender's (services never import
+    the worker: they send tasks by name)."""
+    app = Celery("comfyui-docker", set_as_current=set_as_current)
     app.conf.update(celery_config(settings))
     return app
+
+
+def download_sender(settings: Settings) -> Callable[[str], None]:
+    """Queues a download task; only the job's id crosses the queue (no URL, no token). Build it once."""
+    app = client(settings)
+
+    def send(job_id: str) -> None:
+        app.send_task(messages.TASK_DOWNLOAD, args=[job_id])
+
+    return send

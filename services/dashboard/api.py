@@ -9,34 +9,28 @@ from pathlib import Path
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import ValidationError
 
-from services.common import bus, credentials, jobs, presets
+from services.common import credentials, jobs, presets
+from services.common.errors import BadInput, NotFound, Problem
+from services.common.messages import DownloadSpec
 from services.common.settings import Settings
 from services.dashboard import state
 from services.dashboard.auth import error
+from services.dashboard.context import client, send, settings
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
-
-
-def settings() -> Settings:
-    return current_app.config["SETTINGS"]
-
-
-def client() -> redis.Redis:
-    return bus.connect(settings(), timeout=3)
+# How old the overview may be before a request starts a refresh (pages get live changes by WebSocket).
+STATUS_TTL = 1.0
 
 
 def body() -> dict:
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
-        raise BadBody("send a JSON object (Content-Type: application/json)")
+        raise BadInput("send a JSON object (Content-Type: application/json)")
     return data
-
-
-class BadBody(ValueError):
-    pass
 
 
 def _int(name: str, default: int, low: int, high: int) -> int:
@@ -46,28 +40,28 @@ def _int(name: str, default: int, low: int, high: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise BadBody(f"{name} must be a whole number") from None
+        raise BadInput(f"{name} must be a whole number") from None
     if not low <= value <= high:
-        raise BadBody(f"{name} must be between {low} and {high}")
+        raise BadInput(f"{name} must be between {low} and {high}")
     return value
 
 
-@bp.errorhandler(BadBody)
-@bp.errorhandler(jobs.BadRequest)
-@bp.errorhandler(presets.PresetProblem)
-def bad_request(exc: Exception):
-    status = 404 if str(exc).startswith("no preset") else 400
-    return error("not_found" if status == 404 else "bad_request", str(exc), status)
+def invalid_spec(exc: ValidationError) -> BadInput:
+    """What is wrong with a body, as one message naming the field at fault."""
+    errors = exc.errors()
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    if unknown:
+        return BadInput(f"unknown field(s): {', '.join(unknown)}")
+    field = str(errors[0]["loc"][0])
+    if field == "size":
+        return BadInput("size: must be a whole number of bytes")
+    required = DownloadSpec.model_fields[field].is_required()
+    return BadInput(f"{field}: required, a string" if required else f"{field}: must be a string")
 
 
-@bp.errorhandler(state.NotFound)
-def not_found(exc: Exception):
-    return error("not_found", str(exc), 404)
-
-
-@bp.errorhandler(state.Unavailable)
-def unavailable(exc: Exception):
-    return error("unavailable", str(exc), 503)
+@bp.errorhandler(Problem)
+def problem(exc: Problem):
+    return error(exc.code, exc.message, exc.status)
 
 
 @bp.errorhandler(redis.RedisError)
@@ -85,8 +79,8 @@ class _StatusCache:
     in the background, while requests get the last one at once (pages get live changes over the
     WebSocket, so a second-old overview is fine). Only the first request ever waits."""
 
-    def __init__(self, settings: Settings, ttl: float = 1.0) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, client: redis.Redis, ttl: float = STATUS_TTL) -> None:
+        self.settings, self.client = settings, client
         self.ttl = ttl
         self.body: bytes | None = None
         self.at = 0.0
@@ -96,8 +90,8 @@ class _StatusCache:
     def _refresh(self) -> None:
         body = None
         try:
-            body = json.dumps(state.status(self.settings, bus.connect(self.settings, timeout=3))).encode()
-        except (state.Unavailable, redis.RedisError, OSError):
+            body = json.dumps(state.status(self.settings, self.client)).encode()
+        except (Problem, redis.RedisError, OSError):
             pass  # keep serving the last one until a refresh succeeds
         finally:
             with self.lock:
@@ -115,7 +109,7 @@ class _StatusCache:
                 threading.Thread(target=self._refresh, daemon=True).start()
                 return self.body
         # Nothing yet: compute it in this request (errors reach the caller as 503).
-        body = json.dumps(state.status(self.settings, client())).encode()
+        body = json.dumps(state.status(self.settings, self.client)).encode()
         with self.lock:
             self.body, self.at = body, time.monotonic()
         return body
@@ -123,7 +117,7 @@ class _StatusCache:
 
 @bp.get("/status")
 def status():
-    cache = current_app.extensions.setdefault("status_cache", _StatusCache(settings()))
+    cache = current_app.extensions.setdefault("status_cache", _StatusCache(settings(), client()))
     return Response(cache.get(), mimetype="application/json")
 
 
@@ -152,28 +146,13 @@ def downloads():
 
 @bp.post("/downloads")
 def queue_download():
-    data = body()
-    unknown = set(data) - {"url", "folder", "filename", "sha256", "size"}
-    if unknown:
-        raise BadBody(f"unknown field(s): {', '.join(sorted(unknown))}")
-    for key in ("url", "folder"):
-        if not isinstance(data.get(key), str):
-            raise BadBody(f"{key}: required, a string")
-    for key in ("filename", "sha256"):
-        if data.get(key) is not None and not isinstance(data[key], str):
-            raise BadBody(f"{key}: must be a string")
-    size = data.get("size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
-        raise BadBody("size: must be a whole number of bytes")
-    job, created = jobs.submit(
-        settings(),
-        client(),
-        data["url"],
-        data["folder"],
-        data.get("filename") or None,
-        data.get("sha256") or None,
-        size,
-    )
+    try:
+        spec = DownloadSpec.model_validate(body())
+    except ValidationError as exc:
+        raise invalid_spec(exc) from None
+    # An empty name or hash from a form means "not given".
+    spec = spec.model_copy(update={"filename": spec.filename or None, "sha256": spec.sha256 or None})
+    job, created = jobs.submit(settings(), client(), spec, send)
     response = jsonify(job.model_dump())
     response.status_code = 202 if created else 200
     return response
@@ -182,7 +161,7 @@ def queue_download():
 def _job(job_id: str) -> dict:
     job = jobs.get(client(), job_id)
     if job is None:
-        raise state.NotFound(f"no download {job_id!r}")
+        raise NotFound(f"no download {job_id!r}")
     return job.model_dump()
 
 
@@ -199,12 +178,9 @@ def cancel_download(job_id: str):
 
 @bp.post("/downloads/<job_id>/retry")
 def retry_download(job_id: str):
-    before = _job(job_id)
-    if before["state"] not in ("failed", "cancelled"):
-        return error(
-            "conflict", f"only a failed or cancelled download can be retried (this one is {before['state']})", 409
-        )
-    job = jobs.retry(settings(), client(), job_id)
+    job = jobs.retry(client(), job_id, send)
+    if job is None:
+        raise NotFound(f"no download {job_id!r}")
     response = jsonify(job.model_dump())
     response.status_code = 202
     return response
@@ -233,7 +209,7 @@ def show_preset(preset_id: str):
 
 @bp.post("/presets/<preset_id>/install")
 def install_preset(preset_id: str):
-    queued = presets.install(credentials.effective(settings()), client(), preset_id)
+    queued = presets.install(credentials.effective(settings()), client(), preset_id, send)
     response = jsonify(preset=preset_id, queued=[j.model_dump() for j in queued])
     response.status_code = 202
     return response
@@ -280,10 +256,10 @@ def put_settings():
     data = body()
     unknown = set(data) - set(credentials.TOKEN_NAMES)
     if unknown:
-        raise BadBody(f"unknown setting(s): {', '.join(sorted(unknown))}; only hf_token and civitai_token")
+        raise BadInput(f"unknown setting(s): {', '.join(sorted(unknown))}; only hf_token and civitai_token")
     for name, value in data.items():
         if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > 512):
-            raise BadBody(f"{name}: a token (text), or null to clear it")
+            raise BadInput(f"{name}: a token (text), or null to clear it")
         credentials.set_token(settings(), name, value.strip() if value else None)
     return jsonify(_settings_view())
 
@@ -293,7 +269,7 @@ def create_token():
     data = body()
     name = data.get("name", "")
     if not isinstance(name, str) or not name.strip() or len(name) > 64:
-        raise BadBody("name: a label for the token, 1 to 64 characters")
+        raise BadInput("name: a label for the token, 1 to 64 characters")
     token_id, token = credentials.create_api_token(settings(), name.strip())
     response = jsonify(
         id=token_id, name=name.strip(), token=token, created=time.time(), note="shown once: store it now"
@@ -305,5 +281,5 @@ def create_token():
 @bp.delete("/tokens/<token_id>")
 def delete_token(token_id: str):
     if not credentials.delete_api_token(settings(), token_id):
-        raise state.NotFound(f"no API token {token_id!r}")
+        raise NotFound(f"no API token {token_id!r}")
     return jsonify(deleted=token_id)

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from services.common import credentials
 from services.common.settings import Settings, load_settings
-from services.dashboard import api, auth, pages, ws
+from services.dashboard import api, auth, context, pages, ws
 from services.dashboard.auth import error
 
 log = logging.getLogger("dashboard")
@@ -53,7 +53,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         raise RuntimeError(f"no session key in {settings.paths.session_key_file}: run services.startup first")
     app.config.update(
         SECRET_KEY=key,
-        SETTINGS=settings,
         DASHBOARD_PASSWORD=credentials.dashboard_password(settings),
         AUTH_ENABLED=settings.dashboard_auth,
         SESSION_COOKIE_HTTPONLY=True,
@@ -67,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.jinja_env.filters["size"] = _size
     app.jinja_env.filters["duration"] = _duration
     app.session_interface = _SessionInterface()
+    context.init_app(app, settings)
     auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)

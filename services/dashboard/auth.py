@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 import redis
 from flask import Blueprint, Flask, current_app, g, jsonify, redirect, render_template, request, session, url_for
 
-from services.common import bus, credentials
-from services.common.settings import Settings
+from services.common import credentials
+from services.dashboard.context import client as redis_client
+from services.dashboard.context import settings
 
 log = logging.getLogger("dashboard.auth")
 
@@ -27,10 +28,6 @@ PUBLIC_ENDPOINTS = {"auth.login", "livez", "static"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 LOGIN_WINDOW = 300
 LOGIN_FAILURES = 10
-
-
-def settings() -> Settings:
-    return current_app.config["SETTINGS"]
 
 
 def password_matches(candidate: str | None) -> bool:
@@ -126,7 +123,7 @@ def login():
     if not same_origin():
         return render_template("login.html", error="Cross-site login refused."), 403
     try:
-        client = bus.connect(settings(), timeout=2)
+        client = redis_client()
         if _too_many(client):
             page = render_template("login.html", error="Too many failed logins: wait a few minutes.")
             return page, 429, {"Retry-After": str(LOGIN_WINDOW)}

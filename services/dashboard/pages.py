@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, render_template, request
 
-from services.common import bus, credentials, jobs, presets
-from services.common.settings import Settings
+from services.common import credentials, jobs, presets
+from services.common.errors import Unavailable
 from services.dashboard import state
+from services.dashboard.context import client, settings
 
 bp = Blueprint("pages", __name__)
-
-
-def settings() -> Settings:
-    return current_app.config["SETTINGS"]
-
-
-def _client() -> redis.Redis:
-    return bus.connect(settings(), timeout=3)
 
 
 def _page(template: str, **context: object) -> str:
@@ -25,14 +18,14 @@ def _page(template: str, **context: object) -> str:
 
 
 @bp.errorhandler(redis.RedisError)
-@bp.errorhandler(state.Unavailable)
+@bp.errorhandler(Unavailable)
 def reconnecting(exc: Exception):
     return render_template("reconnecting.html", settings=settings(), message=str(exc)), 503
 
 
 @bp.get("/")
 def overview():
-    return _page("overview.html", status=state.status(settings(), _client()))
+    return _page("overview.html", status=state.status(settings(), client()))
 
 
 @bp.get("/services")
@@ -50,14 +43,14 @@ def logs(name: str = "comfyui"):
 
 @bp.get("/downloads")
 def downloads():
-    return _page("downloads.html", downloads=jobs.all_jobs(_client()), folders=state.folders())
+    return _page("downloads.html", downloads=jobs.all_jobs(client()), folders=state.folders())
 
 
 @bp.get("/presets")
 def presets_page():
     catalogue = presets.load(settings())
     listed = presets.list_presets(
-        settings(), _client(), request.args.get("category") or None, None, request.args.get("q") or None, catalogue
+        settings(), client(), request.args.get("category") or None, None, request.args.get("q") or None, catalogue
     )
     return _page(
         "presets.html",

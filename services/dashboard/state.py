@@ -14,20 +14,13 @@ import psutil
 import redis
 
 from services.common import bus, gpu, jobs, messages, supervisor
+from services.common.errors import NotFound, Unavailable
 from services.common.paths import ALL_FOLDERS, SERVICES, WORK_SUFFIXES, check_folder
 from services.common.settings import Settings
 
 # Programs a user may start, stop, restart and read the log of (never a path).
 PROGRAMS = (*SERVICES, "jupyter", "code-server")
 LOG_NAMES = (*PROGRAMS, "supervisord")
-
-
-class Unavailable(Exception):
-    """A dependency (Redis, supervisord) is not answering; the message says which."""
-
-
-class NotFound(Exception):
-    pass
 
 
 def services(settings: Settings) -> list[dict]:

@@ -10,12 +10,14 @@ import json
 import logging
 
 import redis
-from flask import current_app, render_template, request
+from flask import render_template, request
 from flask_sock import ConnectionClosed, Sock
 
 from services.common import bus, jobs, messages
+from services.common.errors import NotFound, Unavailable
 from services.common.settings import Settings
 from services.dashboard import state
+from services.dashboard.context import shared
 
 log = logging.getLogger("dashboard.ws")
 
@@ -26,7 +28,7 @@ def snapshot_messages(settings: Settings, client: redis.Redis, html: bool) -> li
     """What a (re)connecting client needs before the stream: the current state of everything."""
     try:
         services = state.services(settings)
-    except state.Unavailable:
+    except Unavailable:
         services = []
     downloads = jobs.all_jobs(client)
     health = state.health(client)
@@ -56,7 +58,7 @@ def event_messages(settings: Settings, client: redis.Redis, event: messages.Even
     if isinstance(event, messages.ServiceState):
         try:
             return [render_template("partials/services_rows.html", services=state.services(settings), oob=True)]
-        except state.Unavailable:
+        except Unavailable:
             return []
     if isinstance(event, messages.DownloadProgress):
         return [render_template("partials/download_row.html", job=event.job, oob=True)]
@@ -74,7 +76,7 @@ class LogFollower:
 
     def __init__(self, settings: Settings, name: str) -> None:
         if name not in state.LOG_NAMES:
-            raise state.NotFound(f"no log for {name!r}")
+            raise NotFound(f"no log for {name!r}")
         self.name = name
         self.path = settings.paths.log_file(name)
         try:
@@ -119,19 +121,19 @@ def handle_incoming(settings: Settings, raw: str | None, follower: LogFollower |
             return None
         try:
             return LogFollower(settings, str(name))
-        except state.NotFound:
+        except NotFound:
             return follower
     return follower
 
 
 @sock.route("/ws")
 def websocket(ws) -> None:
-    settings: Settings = current_app.config["SETTINGS"]
+    settings = shared().settings
     html = request.args.get("format") == "html"
     follower = None
     try:
-        client = bus.connect(settings, timeout=5)
-        subscription = bus.subscribe(bus.connect(settings, timeout=5))  # before the snapshot: no gap
+        client = shared().redis
+        subscription = bus.subscribe(client)  # before the snapshot: no gap
         for message in snapshot_messages(settings, client, html):
             ws.send(message)
         for event in bus.listen(subscription, timeout=0.25):

@@ -10,8 +10,7 @@ import time
 
 from celery import Celery
 
-from services.common import bus, messages
-from services.common.queue import celery_config
+from services.common import bus, messages, queue
 from services.common.settings import Settings
 from services.worker import reconcile, runner
 
@@ -21,8 +20,7 @@ _JOB_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("comfyui-docker", set_as_current=True)
-    app.conf.update(celery_config(settings))
+    app = queue.client(settings, set_as_current=True)
     app.conf.worker_concurrency = settings.worker_concurrency
     clients: dict[int, object] = {}
 

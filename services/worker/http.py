@@ -10,14 +10,25 @@ from urllib.parse import urljoin, urlsplit
 import urllib3
 
 from services.common import netsafe
+from services.common.errors import Problem
 
 MAX_REDIRECTS = 10
 RECEIVE_BUFFER = 1024 * 1024
 USER_AGENT = "comfyui-docker-downloader/1"
 
 
-class DownloadError(Exception):
+class DownloadError(Problem):
     """The download cannot succeed as asked; the message says what to do. Never holds a token."""
+
+    code = "download_failed"
+
+
+class AccessRefused(DownloadError):
+    """The server answered 401 or 403: a token is missing, wrong, or lacks access."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.refused_with = status
 
 
 class TransientError(Exception):
@@ -112,7 +123,7 @@ def raise_for_status(status: int, url: str) -> None:
     if status == 404:
         raise DownloadError(f"not found (404) at {shown(url)}: check the URL")
     if status in (401, 403):
-        raise DownloadError(f"access refused ({status}) by {shown(url)}")
+        raise AccessRefused(f"access refused ({status}) by {shown(url)}", status)
     if status == 429 or status >= 500:
         raise TransientError(f"{shown(url)} answered {status}")
     raise DownloadError(f"{shown(url)} answered {status}")

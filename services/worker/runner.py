@@ -1,4 +1,4 @@
-"""Running one download job: its state in Redis around a call to the engine. Plain functions, no Celery."""
+"""Running one download job: its state in Redis around a call to the download engine. Plain functions, no Celery."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from services.common import credentials, jobs, messages, presets
 from services.common.hashing import RedisHashCache
 from services.common.messages import DownloadJob
 from services.common.settings import Settings
-from services.worker import engine
+from services.worker import download
 from services.worker.http import DownloadError
 
 log = logging.getLogger("worker.runner")
@@ -56,7 +56,7 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
     if job.terminal:
         return None  # a late or duplicate delivery of a finished job
     if job.filename:
-        holder = engine.live_holder(settings.paths, job.folder, job.filename, settings.downloads_heartbeat_stale)
+        holder = download.holder_of(settings.paths, job.folder, job.filename, settings.downloads_heartbeat_stale)
         if holder and holder.endswith(f":{job.id}"):
             log.info("job %s: already running in %s; this delivery is a duplicate", job.id, holder)
             return None
@@ -75,7 +75,7 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
     job.state, job.error, job.heartbeat = "running", None, time.time()
     _save(client, job)
 
-    def on_progress(progress: engine.Progress) -> None:
+    def on_progress(progress: download.Progress) -> None:
         job.bytes_done, job.total, job.speed, job.eta = (
             progress.bytes_done or job.bytes_done,
             progress.total,
@@ -97,19 +97,18 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
         except redis.RedisError:
             return False
 
-    request = engine.Request(job.id, job.url, job.folder, job.filename, job.sha256, job.size)
     # Tokens set on the dashboard since the worker started apply to this job, without a restart.
-    ctx = engine.Context(
+    ctx = download.Context(
         credentials.effective(settings), on_progress, on_resolved, cancelled, RedisHashCache(client), owner=owner
     )
     try:
-        outcome = engine.fetch(request, ctx)
-    except engine.Busy as exc:
+        outcome = download.fetch(job.id, job.spec, ctx)
+    except download.Busy as exc:
         log.info("job %s: %s; trying again in %d s", job.id, exc, BUSY_RETRY_SECONDS)
         job.state, job.error = "queued", f"waiting: {exc}"
         _save(client, job)
         return BUSY_RETRY_SECONDS
-    except engine.Cancelled:
+    except download.Cancelled:
         _finish(client, job, "cancelled")
         _presets_changed(settings, client, job)
         return None

@@ -6,10 +6,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
+from services.common.hashing import parse_sha256
 from services.common.settings import Settings
-from services.worker.http import Credential, DownloadError, Http
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+from services.worker.http import AccessRefused, Credential, DownloadError, Http
 
 
 @dataclass
@@ -89,7 +88,7 @@ def _civitai(url: str, settings: Settings, http: Http) -> Plan:
     chosen = next((f for f in files if f.get("primary")), files[0] if files else None)
     if chosen is None:
         raise DownloadError(f"Civitai model version {version} lists no file")
-    sha256 = str((chosen.get("hashes") or {}).get("SHA256", "")).lower()
+    sha256 = parse_sha256(str((chosen.get("hashes") or {}).get("SHA256", "")))
     return Plan(
         # The API's download URL redirects to a signed CDN URL: it is fetched anew at every attempt,
         # so a signature that expires during a long download is simply replaced.
@@ -97,7 +96,7 @@ def _civitai(url: str, settings: Settings, http: Http) -> Plan:
         source="civitai",
         credential=credential,
         filename=chosen.get("name"),
-        sha256=sha256 if _SHA256.fullmatch(sha256) else None,
+        sha256=sha256,
         page=f"{endpoint}/models/{info.get('modelId', '')}",
     )
 
@@ -105,13 +104,11 @@ def _civitai(url: str, settings: Settings, http: Http) -> Plan:
 def _api(http: Http, url: str, credential: Credential | None, what: str) -> dict:
     try:
         data = http.get_json(url, credential)
-    except DownloadError as exc:
-        if "(401)" in str(exc) or "(403)" in str(exc):
-            raise DownloadError(
-                f"Civitai refused the {what} lookup: this file needs a Civitai account. Set CIVITAI_TOKEN"
-                " (dashboard settings or environment) to an API key from civitai.com/user/account"
-            ) from None
-        raise
+    except AccessRefused:
+        raise DownloadError(
+            f"Civitai refused the {what} lookup: this file needs a Civitai account. Set CIVITAI_TOKEN"
+            " (dashboard settings or environment) to an API key from civitai.com/user/account"
+        ) from None
     if not isinstance(data, dict):
         raise DownloadError(f"Civitai's API answered something unexpected for the {what}")
     return data

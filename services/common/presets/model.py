@@ -1,0 +1,114 @@
+"""The preset model: one YAML file per model bundle, validated by one model with unknown keys refused."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from services.common.hashing import check_sha256
+from services.common.paths import ALL_FOLDERS, check_filename
+
+Category = Literal["image", "video", "audio", "upscale", "controlnet", "adapter", "vae", "text_encoder", "other"]
+_UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+
+
+@functools.lru_cache(maxsize=4096)
+def approx_bytes(text: str) -> int:
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?i?B)\s*", text, flags=re.I)
+    if not match:
+        raise ValueError(f"{text!r} is not a size such as '6.94 GB' or '335 MB'")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+class ModelFile(BaseModel):
+    """One file of a preset: where it comes from and where it goes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    folder: str
+    filename: str
+    size: int | None = Field(None, ge=1, description="exact bytes, when known")
+    approx_size: str | None = Field(None, description="'6.94 GB' when the exact size is not known")
+    sha256: str | None = None
+    token: Literal["huggingface", "civitai"] | None = None
+    licence: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("must be an https:// URL")
+        return value
+
+    @field_validator("folder")
+    @classmethod
+    def _known_folder(cls, value: str) -> str:
+        if value not in ALL_FOLDERS:
+            raise ValueError(f"unknown ComfyUI model folder {value!r}")
+        return value
+
+    @field_validator("filename")
+    @classmethod
+    def _bare_name(cls, value: str) -> str:
+        return check_filename(value)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex64(cls, value: str | None) -> str | None:
+        return check_sha256(value) if value is not None else None
+
+    @field_validator("approx_size")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            approx_bytes(value)
+        return value
+
+    @model_validator(mode="after")
+    def _has_a_size(self) -> ModelFile:
+        if self.size is None and self.approx_size is None:
+            raise ValueError("give `size` (exact bytes) or `approx_size` (e.g. '6.94 GB')")
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"{self.folder}/{self.filename}"
+
+    @property
+    def expected_bytes(self) -> int:
+        return self.size if self.size is not None else approx_bytes(self.approx_size or "0 B")
+
+
+class FileRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ref: str
+
+
+class Preset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,63}$")
+    name: str = Field(min_length=1)
+    description: str = ""
+    category: Category
+    base: str = Field(min_length=1, description="base model family, e.g. SDXL, FLUX.1, Wan 2.1")
+    tags: list[str] = []
+    files: list[ModelFile | FileRef] = Field(min_length=1)
+    custom_nodes: list[str] = []
+    workflow: str | None = None
+    licence: str | None = None
+
+    def resolved(self, shared: dict[str, ModelFile]) -> list[ModelFile]:
+        out = []
+        for item in self.files:
+            if isinstance(item, FileRef):
+                if item.ref not in shared:
+                    raise ValueError(f"files: unknown shared file {item.ref!r}")
+                out.append(shared[item.ref])
+            else:
+                out.append(item)
+        return out

@@ -1,0 +1,45 @@
+"""What every request of the dashboard uses, made once per process in `create_app`: the Settings, one
+Redis client (its connection pool is shared by all threads) and one Celery sender."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from flask import Flask, current_app
+
+from services.common import bus, jobs, queue
+from services.common.settings import Settings
+
+# Seconds a Redis call may take before the request answers 503: a page must not hang on a stuck Redis.
+REDIS_TIMEOUT = 3.0
+EXTENSION = "comfyui_docker"
+
+
+@dataclass(frozen=True)
+class Shared:
+    settings: Settings
+    redis: redis.Redis
+    send: jobs.Send
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    app.extensions[EXTENSION] = Shared(
+        settings, bus.connect(settings, timeout=REDIS_TIMEOUT), queue.download_sender(settings)
+    )
+
+
+def shared() -> Shared:
+    return current_app.extensions[EXTENSION]
+
+
+def settings() -> Settings:
+    return shared().settings
+
+
+def client() -> redis.Redis:
+    return shared().redis
+
+
+def send(job_id: str) -> None:
+    shared().send(job_id)
