@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import time
@@ -126,3 +127,23 @@ def _zombie(pid: int) -> bool:
         return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     except OSError:
         return True
+
+
+CONTROL_PLANE = ("startup", "comfyui", "dashboard", "worker", "health", "events")
+
+
+def _debug_services(output: str) -> set[str]:
+    """The control-plane services that wrote a DEBUG line (each line starts with its service's name)."""
+    return {m.group(1) for m in re.finditer(rf"^({'|'.join(CONTROL_PLANE)}) \S+Z DEBUG ", output, re.M)}
+
+
+@pytest.mark.parametrize("level", ["DEBUG", None])
+def test_log_level_reaches_every_control_plane_service(stack_factory, level):
+    stack = stack_factory(**({"LOG_LEVEL": level} if level else {})).start()
+    stack.wait_running()
+    if level == "DEBUG":
+        wait_for(lambda: _debug_services(stack.output()) >= set(CONTROL_PLANE), 30, what="DEBUG lines")
+    else:
+        # Up and answering: every service has logged its start by now, none at DEBUG.
+        wait_for(lambda: "health" in stack.output() and "startup steps done" in stack.output(), 30)
+        assert _debug_services(stack.output()) == set()

@@ -9,9 +9,8 @@ import sys
 import threading
 
 from services.comfyui.launcher import build_argv, environment, missing, model_path_configs, port_taken
-from services.common import gpu
-from services.common.logs import setup_logging
-from services.common.settings import SettingsError, inherited_environment, load_settings
+from services.common import gpu, service
+from services.common.settings import inherited_environment
 
 log = logging.getLogger("comfyui")
 
@@ -19,12 +18,7 @@ RECHECK_SECONDS = 5.0
 
 
 def main() -> int:
-    setup_logging("comfyui")
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        log.error("%s", exc)
-        return 2
+    settings = service.start("comfyui")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -7,16 +7,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from services.common import supervisor
-from services.common.settings import SettingsError, inherited_environment, load_settings
+from services.common import service, supervisor
+from services.common.settings import inherited_environment
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = service.start("ctl")
     local = Path(sys.executable).with_name("supervisorctl")
     binary = str(local) if local.exists() else shutil.which("supervisorctl")
     if binary is None:

@@ -7,8 +7,8 @@ import sys
 
 from gunicorn.app.base import BaseApplication
 
-from services.common.logs import setup_logging
-from services.common.settings import Settings, SettingsError, load_settings
+from services.common import service
+from services.common.settings import Settings
 
 log = logging.getLogger("dashboard")
 
@@ -45,13 +45,7 @@ class DashboardServer(BaseApplication):
 
 
 def main() -> int:
-    setup_logging("dashboard")
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        log.error("%s", exc)
-        return 2
-    DashboardServer(settings).run()
+    DashboardServer(service.start("dashboard")).run()
     return 0
 
 

@@ -11,9 +11,8 @@ import logging
 import os
 import sys
 
-from services.common import credentials
-from services.common.logs import setup_logging
-from services.common.settings import Settings, SettingsError, inherited_environment, load_settings
+from services.common import credentials, service
+from services.common.settings import Settings, inherited_environment
 
 log = logging.getLogger("devtools")
 
@@ -52,12 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.devtools")
     parser.add_argument("tool", choices=["jupyter", "code-server"])
     args = parser.parse_args(argv)
-    setup_logging(args.tool)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        log.error("%s", exc)
-        return 2
+    settings = service.start(args.tool)
     password = credentials.dashboard_password(settings)
     if not password:
         log.error("no dashboard password yet (startup creates one): refusing to start %s open", args.tool)

@@ -6,21 +6,14 @@ import logging
 import signal
 import sys
 
-from services.common import bus
-from services.common.logs import setup_logging
-from services.common.settings import SettingsError, load_settings
+from services.common import bus, service
 from services.events.listener import Publisher, log_lines, read_event, state_event
 
 log = logging.getLogger("events")
 
 
 def main() -> int:
-    setup_logging("events")
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        log.error("%s", exc)
-        return 2
+    settings = service.start("events")
     # supervisord stops us last; a TERM is the normal way out, not a crash.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     publisher = Publisher(lambda: bus.connect(settings, timeout=0.5))

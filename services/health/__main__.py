@@ -13,8 +13,7 @@ import signal
 import sys
 import threading
 
-from services.common.logs import setup_logging
-from services.common.settings import SettingsError, load_settings
+from services.common import service
 from services.health.checks import CHECKS, report, run_checks
 from services.health.server import serve
 
@@ -35,12 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--docker", action="store_true", help="exit 0 unless unhealthy (for HEALTHCHECK)")
     check.add_argument("--only", choices=sorted(CHECKS), action="append", help="run only this check")
     args = parser.parse_args(argv)
-    setup_logging("health")
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        log.error("%s", exc)
-        return 1
+    settings = service.start("health")
     if args.command == "check":
         body = report(run_checks(settings, args.only))
         if args.json:

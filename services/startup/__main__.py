@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from services.common import supervisor
+from services.common import service, supervisor
 from services.common.files import write_atomic
-from services.common.logs import setup_logging
-from services.common.settings import Settings, SettingsError, inherited_environment, load_settings, unknown_settings
+from services.common.settings import Settings, inherited_environment, unknown_settings
 from services.startup.steps import STEPS, StepError
 
 log = logging.getLogger("startup")
@@ -53,13 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.startup", description=__doc__)
     parser.add_argument("--no-exec", action="store_true", help="run the steps and stop (no supervisord)")
     args = parser.parse_args(argv)
-    setup_logging("startup")
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        log.error("%s", exc)
-        return 2
-    logging.getLogger().setLevel(settings.log_level)
+    settings = service.start("startup")
     for note in unknown_settings():
         log.warning("%s", note)
     try:

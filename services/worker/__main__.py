@@ -9,10 +9,9 @@ import threading
 import kombu.exceptions
 import redis
 
-from services.common import messages
-from services.common.logs import setup_logging
+from services.common import messages, service
 from services.common.queue import client as celery_client
-from services.common.settings import Settings, SettingsError, load_settings
+from services.common.settings import Settings
 from services.worker.app import create_celery
 
 log = logging.getLogger("worker")
@@ -32,13 +31,7 @@ def reconcile_timer(settings: Settings, stop: threading.Event) -> None:
 
 
 def main() -> int:
-    setup_logging("worker")
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        log.error("%s", exc)
-        return 2
-    logging.getLogger().setLevel(settings.log_level)
+    settings = service.start("worker")
     app = create_celery(settings)
     stop = threading.Event()
     threading.Thread(target=reconcile_timer, args=(settings, stop), name="reconcile-timer", daemon=True).start()
