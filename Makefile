@@ -18,8 +18,9 @@ DEBIAN_PACKAGES := redis-server
 TEST_PACKAGES := chromium openssl
 BENCH_PACKAGES := nginx-light aria2 curl wrk iptables iproute2 libnetfilter-queue-dev
 COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
-# The commit docker-bake.hcl pins.
-COMFYUI_REF ?= 002f2bedd6e4f6a0f7436ab7ce2fb8021483904c
+# The pinned ComfyUI commit, written once in config/comfyui.ref (the Dockerfile's and the bake file's
+# defaults must match it: tests/test_docker.py checks).
+COMFYUI_REF ?= $(shell cat config/comfyui.ref)
 
 .PHONY: run test lint bench ctl deps system-deps comfyui clean screenshots
 

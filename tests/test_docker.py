@@ -152,3 +152,16 @@ def test_nothing_is_copied_to_the_workspace_at_start():
         text = path.read_text()
         for tool in ("rsync", "shutil.copytree", "cp -r", "cp -a", "tar "):
             assert tool not in text, (path, tool)
+
+
+def test_the_comfyui_commit_is_written_once():
+    """config/comfyui.ref is the pin; the Makefile reads it, the Dockerfile and the bake file default to it."""
+    pinned = (REPO / "config" / "comfyui.ref").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{40}", pinned)
+    dockerfile_default = re.search(r"^ARG COMFYUI_REF=(\S+)$", (REPO / "docker" / "Dockerfile").read_text(), re.M)
+    bake = (REPO / "docker-bake.hcl").read_text()
+    bake_default = re.search(r'variable "COMFYUI_REF" \{\s*default = "([^"]+)"', bake)
+    assert dockerfile_default and dockerfile_default.group(1) == pinned
+    assert bake_default and bake_default.group(1) == pinned
+    made = subprocess.run(["make", "-s", "-n", "-p"], cwd=REPO, capture_output=True, text=True, check=False).stdout
+    assert "COMFYUI_REF = $(shell cat config/comfyui.ref)" in made or f"COMFYUI_REF = {pinned}" in made

@@ -8,8 +8,9 @@ import signal
 import sys
 import threading
 
-from services.comfyui.launcher import build_argv, environment, missing, model_path_configs, port_taken
+from services.comfyui.launcher import build_argv, environment, model_path_configs, port_taken
 from services.common import gpu, service
+from services.common.comfyui import missing
 from services.common.settings import inherited_environment
 
 log = logging.getLogger("comfyui")

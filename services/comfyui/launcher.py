@@ -10,20 +10,6 @@ from services.common import modelpaths
 from services.common.settings import Settings
 
 
-def missing(settings: Settings) -> str | None:
-    """Why ComfyUI cannot be started from these settings, or None when it can."""
-    main = settings.comfyui_dir / "main.py"
-    if not main.is_file():
-        return (
-            f"ComfyUI is not installed: no main.py in COMFYUI_DIR={settings.comfyui_dir}. The rest of the"
-            " stack runs without it; point COMFYUI_DIR at a ComfyUI checkout (or use an image that has"
-            " one) and it starts within seconds"
-        )
-    if not settings.comfyui_python.exists():
-        return f"COMFYUI_PYTHON={settings.comfyui_python} does not exist: point it at the Python of ComfyUI's venv"
-    return None
-
-
 def port_taken(host: str, port: int) -> bool:
     """ComfyUI only finds a taken port after its whole start-up (~14 s), so we look first."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

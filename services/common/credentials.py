@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from services.common.files import write_atomic
 from services.common.settings import Settings
 
 SECRET_MODE = 0o600
@@ -31,13 +31,7 @@ def ensure_secret(path: Path, length: int) -> tuple[str, bool]:
             path.chmod(SECRET_MODE)
         return value, False
     value = secrets.token_urlsafe(length)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, SECRET_MODE)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, value + "\n", SECRET_MODE)
     return value, True
 
 
@@ -63,13 +57,7 @@ TOKEN_NAMES = ("hf_token", "civitai_token")
 
 def _write_secret_json(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, SECRET_MODE)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data), SECRET_MODE)
 
 
 def _read_json(path: Path) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
         pass
     except (UnicodeDecodeError, IsADirectoryError):
         raise
+    # mkstemp creates the file 0600: a secret is never readable by others, not even before the chmod.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
@@ -40,3 +42,19 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_error(folder: Path) -> OSError | None:
+    """Write, fsync and delete a probe file in `folder`: the error a real write would meet, or None."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"x")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        return exc
+    finally:
+        with contextlib.suppress(OSError):  # on a read-only volume even unlinking nothing fails
+            probe.unlink()
+    return None

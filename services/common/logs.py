@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 
 class OneLineFormatter(logging.Formatter):
@@ -30,3 +32,19 @@ def setup_logging(service: str, level: str = "INFO") -> logging.Logger:
     root.handlers[:] = [handler]
     root.setLevel(level)
     return logging.getLogger(service)
+
+
+# Bytes read back per line asked for: a log line is one record, rarely longer.
+TAIL_BYTES_PER_LINE = 400
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines of a log file (none when it does not exist yet), read from its end only."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - lines * TAIL_BYTES_PER_LINE))
+            text = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-lines:]

@@ -40,6 +40,11 @@ def download_cancel_key(job_id: str) -> str:
     return f"downloads:cancel:{job_id}"
 
 
+def login_failures_key(address: str) -> str:
+    """Failed logins from one client address in the current window (counted across gunicorn workers)."""
+    return f"login:failures:{address}"
+
+
 def reconcile_lock_key() -> str:
     """Held while one reconciler pass runs, so workers and pods never reconcile at once."""
     return "downloads:reconcile:lock"

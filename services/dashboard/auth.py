@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import redis
 from flask import Blueprint, Flask, current_app, g, jsonify, redirect, render_template, request, session, url_for
 
-from services.common import credentials
+from services.common import credentials, messages
 from services.dashboard.context import client as redis_client
 from services.dashboard.context import settings
 
@@ -101,7 +101,7 @@ def _client_address() -> str:
 
 
 def _failures_key() -> str:
-    return f"login:failures:{_client_address()}"
+    return messages.login_failures_key(_client_address())
 
 
 def _too_many(client: redis.Redis) -> bool:

@@ -6,14 +6,13 @@ import json
 import os
 import shutil
 import time
-import urllib.error
-import urllib.request
 import xmlrpc.client
 
 import psutil
 import redis
 
-from services.common import bus, gpu, jobs, messages, supervisor
+from services.common import bus, gpu, jobs, logs, messages, supervisor, timeouts
+from services.common import comfyui as comfyui_status
 from services.common.errors import NotFound, Unavailable
 from services.common.paths import ALL_FOLDERS, SERVICES, WORK_SUFFIXES, check_folder
 from services.common.settings import Settings
@@ -25,7 +24,7 @@ LOG_NAMES = (*PROGRAMS, "supervisord")
 
 def services(settings: Settings) -> list[dict]:
     try:
-        infos = supervisor.rpc(settings, timeout=3).supervisor.getAllProcessInfo()
+        infos = supervisor.rpc(settings, timeout=timeouts.SUPERVISOR_QUERY).supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Error) as exc:
         raise Unavailable(f"supervisord is not answering on its socket: {exc}") from None
     now = time.time()
@@ -51,7 +50,7 @@ def services(settings: Settings) -> list[dict]:
 def control(settings: Settings, name: str, action: str) -> dict:
     if name not in PROGRAMS:
         raise NotFound(f"no program {name!r}: one of {', '.join(PROGRAMS)}")
-    rpc = supervisor.rpc(settings, timeout=60)
+    rpc = supervisor.rpc(settings, timeout=timeouts.SUPERVISOR_CONTROL)
     try:
         if action in ("stop", "restart"):
             try:
@@ -76,32 +75,11 @@ def control(settings: Settings, name: str, action: str) -> dict:
 def log_tail(settings: Settings, name: str, lines: int) -> list[str]:
     if name not in LOG_NAMES:
         raise NotFound(f"no log for {name!r}: one of {', '.join(LOG_NAMES)}")
-    path = settings.paths.log_file(name)
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - lines * 400))
-            text = handle.read().decode(errors="replace")
-    except FileNotFoundError:
-        return []
-    return text.splitlines()[-lines:]
+    return logs.tail(settings.paths.log_file(name), lines)
 
 
 def comfyui(settings: Settings) -> dict:
-    if not (settings.comfyui_dir / "main.py").is_file():
-        return {"state": "not_installed", "message": f"no ComfyUI in {settings.comfyui_dir}"}
-    base = f"http://127.0.0.1:{settings.comfyui_port}"
-    try:
-        with urllib.request.urlopen(f"{base}/system_stats", timeout=2) as response:  # noqa: S310 - our loopback URL
-            stats = json.loads(response.read())
-        with urllib.request.urlopen(f"{base}/prompt", timeout=2) as response:  # noqa: S310
-            queue_remaining = json.loads(response.read())["exec_info"]["queue_remaining"]
-    except (OSError, ValueError, KeyError) as exc:
-        return {"state": "unreachable", "message": f"ComfyUI does not answer on port {settings.comfyui_port}: {exc}"}
-    devices = [d.get("name") for d in stats.get("devices", [])]
-    version = stats["system"].get("comfyui_version")
-    return {"state": "ready", "version": version, "devices": devices, "queue_remaining": queue_remaining}
+    return comfyui_status.probe(settings).as_dict()
 
 
 def host(settings: Settings) -> dict:

@@ -6,7 +6,7 @@ import logging
 import signal
 import sys
 
-from services.common import bus, service
+from services.common import bus, service, timeouts
 from services.events.listener import Publisher, log_lines, read_event, state_event
 
 log = logging.getLogger("events")
@@ -16,7 +16,7 @@ def main() -> int:
     settings = service.start("events")
     # supervisord stops us last; a TERM is the normal way out, not a crash.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    publisher = Publisher(lambda: bus.connect(settings, timeout=0.5))
+    publisher = Publisher(lambda: bus.connect(settings, timeout=timeouts.REDIS_EVENTS))
     out = sys.stdout
     while True:
         # stdout is the protocol channel with supervisord; everything else goes to stderr.

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import json
 import os
 import shutil
 import time
@@ -18,7 +16,8 @@ import celery.exceptions
 import kombu.exceptions
 import redis
 
-from services.common import bus, gpu, jobs, messages, modelpaths, queue, supervisor
+from services.common import bus, comfyui, gpu, jobs, logs, messages, modelpaths, queue, supervisor, timeouts
+from services.common.files import write_error
 from services.common.paths import ALL_FOLDERS, SERVICES
 from services.common.settings import Settings
 
@@ -48,17 +47,9 @@ def check_workspace(settings: Settings) -> Result:
     ws = settings.workspace
     if not ws.is_dir():
         return Result("workspace", "fail", f"{ws} does not exist or is not a folder")
-    probe = ws / f".health-{os.getpid()}"
-    try:
-        with open(probe, "wb") as handle:
-            handle.write(b"ok")
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as exc:
+    exc = write_error(ws)
+    if exc is not None:
         return Result("workspace", "fail", f"{ws} is not writable: {exc.strerror}")
-    finally:
-        with contextlib.suppress(OSError):  # on a read-only volume even unlinking nothing fails
-            probe.unlink()
     usage = shutil.disk_usage(ws)
     data = {"free": usage.free, "total": usage.total, "mounted": os.path.ismount(ws)}
     free_gb = usage.free / GB
@@ -86,18 +77,15 @@ def check_model_paths(settings: Settings) -> Result:
 
 def _log_tail(settings: Settings, program: str, lines: int = 5) -> str:
     try:
-        with open(settings.paths.log_file(program), "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 4096))
-            text = handle.read().decode(errors="replace")
+        found = logs.tail(settings.paths.log_file(program), lines)
     except OSError:
         return ""
-    return " | ".join(line for line in text.splitlines()[-lines:] if line.strip())
+    return " | ".join(line for line in found if line.strip())
 
 
 def _recent_crashes(settings: Settings) -> dict[str, int]:
     try:
-        raw = bus.connect(settings, timeout=1).lrange(messages.crashes_key(), 0, 50)
+        raw = bus.connect(settings, timeout=timeouts.REDIS_QUICK).lrange(messages.crashes_key(), 0, 50)
     except (redis.RedisError, OSError):
         return {}
     counts: dict[str, int] = {}
@@ -114,7 +102,7 @@ def _recent_crashes(settings: Settings) -> dict[str, int]:
 
 def check_supervisor(settings: Settings) -> Result:
     try:
-        infos = supervisor.rpc(settings, timeout=3).supervisor.getAllProcessInfo()
+        infos = supervisor.rpc(settings, timeout=timeouts.SUPERVISOR_QUERY).supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Error) as exc:
         return Result("supervisor", "fail", f"supervisord unreachable on {settings.paths.supervisor_socket}: {exc}")
     states = {i["name"]: i["statename"] for i in infos}
@@ -146,14 +134,14 @@ def check_supervisor(settings: Settings) -> Result:
 def check_redis(settings: Settings) -> Result:
     begin = time.perf_counter()
     try:
-        bus.connect(settings, timeout=2).ping()
+        bus.connect(settings, timeout=timeouts.REDIS_CALL).ping()
     except (redis.RedisError, OSError) as exc:
         return Result("redis", "fail", f"Redis does not answer: {exc}")
     ms = (time.perf_counter() - begin) * 1000
     return Result("redis", "ok" if ms < 100 else "warn", f"answers in {ms:.1f} ms", data={"latency_ms": ms})
 
 
-def check_worker(settings: Settings, timeout: float = 5.0) -> Result:
+def check_worker(settings: Settings, timeout: float = timeouts.WORKER_PING) -> Result:
     """A real no-op task through the queue: a worker alive but not consuming fails here."""
     app = queue.client(settings)
     try:
@@ -177,23 +165,24 @@ def check_worker(settings: Settings, timeout: float = 5.0) -> Result:
 
 def _busy_downloads(settings: Settings) -> int:
     try:
-        running = [j for j in jobs.all_jobs(bus.connect(settings, timeout=2)) if j.state in ("running", "verifying")]
+        every = jobs.all_jobs(bus.connect(settings, timeout=timeouts.REDIS_CALL))
+        running = [j for j in every if j.state in ("running", "verifying")]
     except (redis.RedisError, OSError):
         return 0
     return sum(1 for j in running if time.time() - (j.heartbeat or 0) < 30)
 
 
-def _http_get(url: str, timeout: float) -> tuple[int, bytes]:
+def _http_get(url: str, timeout: float) -> int:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URL we build
-            return response.status, response.read(65536)
+            return response.status
     except urllib.error.HTTPError as exc:
-        return exc.code, b""
+        return exc.code
 
 
 def check_dashboard(settings: Settings) -> Result:
     try:
-        status, _ = _http_get(f"http://127.0.0.1:{settings.dashboard_port}/livez", 3)
+        status = _http_get(f"http://127.0.0.1:{settings.dashboard_port}/livez", timeouts.HTTP_CHECK)
     except OSError as exc:
         return Result("dashboard", "fail", f"dashboard does not answer on port {settings.dashboard_port}: {exc}")
     if status != 200:
@@ -202,51 +191,25 @@ def check_dashboard(settings: Settings) -> Result:
 
 
 def check_comfyui(settings: Settings) -> Result:
-    if not (settings.comfyui_dir / "main.py").is_file():
-        return Result(
-            "comfyui", "warn", f"not installed (no main.py in {settings.comfyui_dir})", data={"state": "not_installed"}
-        )
+    status = comfyui.probe(settings, timeouts.HTTP_CHECK)
+    if status.state == "not_installed":
+        reason = f"not installed (no main.py in {settings.comfyui_dir})"
+        return Result("comfyui", "warn", reason, data={"state": "not_installed"})
+    if status.state == "ready":
+        reason = f"ComfyUI {status.version} ready on port {settings.comfyui_port}"
+        return Result("comfyui", "ok", reason, data=status.as_dict())
+    if status.state == "error":
+        return Result("comfyui", "fail", status.message, data={"state": "error"})
     try:
-        status, body = _http_get(f"http://127.0.0.1:{settings.comfyui_port}/system_stats", 3)
-    except OSError:
-        status, body = 0, b""
-    if status == 200:
-        try:
-            stats = json.loads(body)
-            version = stats["system"]["comfyui_version"]
-            devices = [d.get("name") for d in stats.get("devices", [])]
-        except (ValueError, KeyError, TypeError):
-            return Result("comfyui", "fail", "/system_stats answered something that is not ComfyUI's JSON")
-        queue_size = _comfyui_queue(settings)
-        return Result(
-            "comfyui",
-            "ok",
-            f"ComfyUI {version} ready on port {settings.comfyui_port}",
-            data={"state": "ready", "version": version, "devices": devices, "queue_remaining": queue_size},
-        )
-    if status:
-        return Result(
-            "comfyui", "fail", f"/system_stats answered {status}: see the comfyui log", data={"state": "error"}
-        )
-    try:
-        info = supervisor.rpc(settings, timeout=2).supervisor.getProcessInfo("comfyui")
+        info = supervisor.rpc(settings, timeout=timeouts.COMFYUI_PROBE).supervisor.getProcessInfo("comfyui")
     except (OSError, xmlrpc.client.Error):
         info = {}
     if info.get("statename") in ("STARTING", "RUNNING"):
         # ComfyUI opens its port only when start-up is done: custom nodes can take minutes.
         since = time.time() - info.get("start", time.time())
         return Result("comfyui", "warn", f"starting ({since:.0f} s so far)", data={"state": "starting"})
-    return Result(
-        "comfyui", "fail", f"down ({info.get('statename', 'unknown')}): see the comfyui log", data={"state": "down"}
-    )
-
-
-def _comfyui_queue(settings: Settings) -> int | None:
-    try:
-        _, body = _http_get(f"http://127.0.0.1:{settings.comfyui_port}/prompt", 2)
-        return int(json.loads(body)["exec_info"]["queue_remaining"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    reason = f"down ({info.get('statename', 'unknown')}): see the comfyui log"
+    return Result("comfyui", "fail", reason, data={"state": "down"})
 
 
 def check_gpu(settings: Settings) -> Result:

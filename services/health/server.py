@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
 
-from services.common import bus, messages
+from services.common import bus, messages, timeouts
 from services.common.settings import Settings
 from services.health.checks import LIVENESS, Result, overall, report, run_checks
 
@@ -34,7 +34,7 @@ class Monitor:
 
     def _publish_changes(self, results: list[Result]) -> None:
         try:
-            client = bus.connect(self.settings, timeout=2)
+            client = bus.connect(self.settings, timeout=timeouts.REDIS_CALL)
             if not client.exists(messages.snapshot_key(messages.HealthCheck.kind)):
                 # Redis restarted empty (it persists nothing) or was flushed: publish everything again.
                 self._published.clear()

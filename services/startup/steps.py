@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -10,7 +9,7 @@ import shutil
 from string import Template
 
 from services.common import credentials, modelpaths
-from services.common.files import write_atomic
+from services.common.files import write_atomic, write_error
 from services.common.paths import ALL_FOLDERS, WORKSPACE_DIRS
 from services.common.settings import Settings
 
@@ -49,22 +48,13 @@ def check_volume(settings: Settings) -> list[str]:
         raise StepError(
             f"WORKSPACE={ws} cannot be created: {exc.strerror}. Create it or point WORKSPACE elsewhere."
         ) from exc
-    probe = ws / f".write-test-{os.getpid()}"
-    try:
-        with open(probe, "wb") as handle:
-            handle.write(b"x")
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            notes.append(f"WORKSPACE={ws} is full: downloads will fail until space is freed")
-        else:
-            raise StepError(
-                f"WORKSPACE={ws} is not writable ({exc.strerror}): mount the volume read-write and check its owner."
-            ) from exc
-    finally:
-        with contextlib.suppress(OSError):  # on a read-only volume even unlinking nothing fails
-            probe.unlink()
+    exc = write_error(ws)
+    if exc is not None and exc.errno == errno.ENOSPC:
+        notes.append(f"WORKSPACE={ws} is full: downloads will fail until space is freed")
+    elif exc is not None:
+        raise StepError(
+            f"WORKSPACE={ws} is not writable ({exc.strerror}): mount the volume read-write and check its owner."
+        ) from exc
     free = shutil.disk_usage(ws).free
     if free < settings.workspace_warn_free_gb * GB and not notes:
         notes.append(f"WORKSPACE={ws} has only {free / GB:.1f} GB free")

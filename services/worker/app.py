@@ -10,7 +10,7 @@ import time
 
 from celery import Celery
 
-from services.common import bus, messages, queue
+from services.common import bus, messages, queue, timeouts
 from services.common.settings import Settings
 from services.worker import reconcile, runner
 
@@ -28,7 +28,7 @@ def create_celery(settings: Settings) -> Celery:
         pid = os.getpid()
         if pid not in clients:
             clients.clear()
-            clients[pid] = bus.connect(settings, timeout=10)
+            clients[pid] = bus.connect(settings, timeout=timeouts.REDIS_WORKER)
         return clients[pid]
 
     @app.task(name=messages.TASK_PING, acks_late=False)

@@ -9,7 +9,7 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
-from services.common import netsafe
+from services.common import netsafe, timeouts
 from services.common.errors import Problem
 
 MAX_REDIRECTS = 10
@@ -64,7 +64,7 @@ class Http:
             num_pools=8,
             maxsize=connections + 2,
             retries=False,
-            timeout=urllib3.Timeout(connect=10.0, read=read_timeout),
+            timeout=urllib3.Timeout(connect=timeouts.DOWNLOAD_CONNECT, read=read_timeout),
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             # A bounded receive buffer: enough for a fast CDN link per connection, and little in flight to
             # lose when the worker is killed (a resume fetches again only what was never written).
