@@ -28,9 +28,10 @@ class Monitor:
 
     def round(self) -> None:
         results = run_checks(self.settings)
+        # Published before /ready serves them: whoever sees a result there finds it on the bus too.
+        self._publish_changes(results)
         with self._lock:
             self.results = results
-        self._publish_changes(results)
 
     def _publish_changes(self, results: list[Result]) -> None:
         try:
