@@ -49,60 +49,13 @@ def _finish(client: redis.Redis, job: DownloadJob, state: str, error: str | None
 
 def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> float | None:
     """Run one delivery of a job. Returns seconds to wait before another delivery, or None when done."""
-    job = jobs.get(client, job_id)
+    job = _startable(settings, client, job_id)
     if job is None:
-        log.warning("job %s is unknown (Redis lost it?): the reconciler rebuilds it from its .part", job_id)
-        return None
-    if job.terminal:
-        return None  # a late or duplicate delivery of a finished job
-    if job.filename:
-        holder = download.holder_of(settings.paths, job.folder, job.filename, settings.downloads_heartbeat_stale)
-        if holder and holder.endswith(f":{job.id}"):
-            log.info("job %s: already running in %s; this delivery is a duplicate", job.id, holder)
-            return None
-    if jobs.cancel_requested(client, job.id):
-        _finish(client, job, "cancelled")
-        return None
-    job.attempts += 1
-    if job.attempts > settings.downloads_max_attempts:
-        _finish(
-            client,
-            job,
-            "failed",
-            f"stopped after {job.attempts - 1} attempts that each ended the worker process: see the worker log",
-        )
         return None
     job.state, job.error, job.heartbeat = "running", None, time.time()
     _save(client, job)
-
-    def on_progress(progress: download.Progress) -> None:
-        job.bytes_done, job.total, job.speed, job.eta = (
-            progress.bytes_done or job.bytes_done,
-            progress.total,
-            progress.speed,
-            progress.eta,
-        )
-        job.state = "verifying" if progress.state == "verifying" else "running"
-        job.heartbeat = time.time()
-        _save(client, job, progress=True)
-
-    def on_resolved(filename: str, total: int | None) -> None:
-        job.filename, job.total = filename, total
-        _save(client, job)
-        _presets_changed(settings, client, job)
-
-    def cancelled() -> bool:
-        try:
-            return jobs.cancel_requested(client, job.id)
-        except redis.RedisError:
-            return False
-
-    # Tokens set on the dashboard since the worker started apply to this job, without a restart.
-    ctx = download.Context(
-        credentials.effective(settings), on_progress, on_resolved, cancelled, RedisHashCache(client), owner=owner
-    )
     try:
-        outcome = download.fetch(job.id, job.spec, ctx)
+        outcome = download.fetch(job.id, job.spec, _context(settings, client, job, owner))
     except download.Busy as exc:
         log.info("job %s: %s; trying again in %d s", job.id, exc, BUSY_RETRY_SECONDS)
         job.state, job.error = "queued", f"waiting: {exc}"
@@ -130,3 +83,59 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
         outcome.resumed_from,
     )
     return None
+
+
+def _startable(settings: Settings, client: redis.Redis, job_id: str) -> DownloadJob | None:
+    """The job, when this delivery should run it (counted as an attempt); None for a duplicate, a late
+    delivery, a cancelled job or one out of attempts (those last two are recorded)."""
+    job = jobs.get(client, job_id)
+    if job is None:
+        log.warning("job %s is unknown (Redis lost it?): the reconciler rebuilds it from its .part", job_id)
+        return None
+    if job.terminal:
+        return None  # a late or duplicate delivery of a finished job
+    if job.filename:
+        holder = download.holder_of(settings.paths, job.folder, job.filename, settings.downloads_heartbeat_stale)
+        if holder and holder.endswith(f":{job.id}"):
+            log.info("job %s: already running in %s; this delivery is a duplicate", job.id, holder)
+            return None
+    if jobs.cancel_requested(client, job.id):
+        _finish(client, job, "cancelled")
+        return None
+    job.attempts += 1
+    if job.attempts > settings.downloads_max_attempts:
+        attempts = job.attempts - 1
+        _finish(
+            client,
+            job,
+            "failed",
+            f"stopped after {attempts} attempts that each ended the worker process: see the worker log",
+        )
+        return None
+    return job
+
+
+def _context(settings: Settings, client: redis.Redis, job: DownloadJob, owner: str) -> download.Context:
+    """The engine's callbacks: each records the job's progress in Redis (and on the bus)."""
+
+    def on_progress(progress: download.Progress) -> None:
+        job.bytes_done = progress.bytes_done or job.bytes_done
+        job.total, job.speed, job.eta = progress.total, progress.speed, progress.eta
+        job.state = "verifying" if progress.state == "verifying" else "running"
+        job.heartbeat = time.time()
+        _save(client, job, progress=True)
+
+    def on_resolved(filename: str, total: int | None) -> None:
+        job.filename, job.total = filename, total
+        _save(client, job)
+        _presets_changed(settings, client, job)
+
+    def cancelled() -> bool:
+        try:
+            return jobs.cancel_requested(client, job.id)
+        except redis.RedisError:
+            return False
+
+    # Tokens set on the dashboard since the worker started apply to this job, without a restart.
+    effective = credentials.effective(settings)
+    return download.Context(effective, on_progress, on_resolved, cancelled, RedisHashCache(client), owner=owner)
