@@ -2,7 +2,7 @@
 
 1. Loopback: one file from a local nginx; ours vs `curl -o` + `sha256sum`.
 2. CDN-like: nginx with `limit_rate 20m` per connection and a 40 ms round trip, in a network namespace
-   made for the run (NFQUEUE delay, see CHECKED.md); ours vs `aria2c -x16 -s16 -k1M` (checksum on) vs
+   made for the run (NFQUEUE delay, see bench/netdelay.py); ours vs `aria2c -x16 -s16 -k1M` (checksum on) vs
    single-stream curl.
 3. Resume: ours killed (-9) at 50 % over the CDN-like link, then run again; bytes fetched twice, counted
    by nginx's access log.

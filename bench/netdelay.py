@@ -1,6 +1,6 @@
 """Delay every packet queued by iptables NFQUEUE by a fixed time (a round trip for the download bench).
 
-This kernel has no sch_netem; per CHECKED.md, delaying the client->server direction (requests, ACKs)
+This kernel has no sch_netem; delaying the client->server direction (requests, ACKs)
 through NFQUEUE gives a CDN-like round trip without throttling TCP. Usage: netdelay.py QUEUE MS.
 """
 

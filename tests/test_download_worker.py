@@ -1,6 +1,6 @@
 """Downloads through the real stack: the Celery task by name, a real worker under supervisord, real Redis.
 
-Crash safety (RELIABILITY.md rows A and B): no job lost, one completion, resumes fetch only what is
+Crash safety (docs/reliability.md, rows A and B): no job lost, one completion, resumes fetch only what is
 missing, and the token never leaves the environment.
 """
 

@@ -1,4 +1,4 @@
-"""The ComfyUI stand-in answers like ComfyUI 0.33 (../shared/design/comfyui-api.md)."""
+"""The ComfyUI stand-in answers like ComfyUI 0.33 (docs/comfyui.md says what we rely on)."""
 
 from __future__ import annotations
 

@@ -154,6 +154,14 @@ class Settings(BaseModel):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
+    @field_validator("hf_token", "civitai_token")
+    @classmethod
+    def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        # A token goes into an Authorization header: printable ASCII without spaces, or the request fails.
+        if value is not None and not all(33 <= ord(c) <= 126 for c in value.get_secret_value()):
+            raise ValueError("a token is printable ASCII without spaces: copy it again from its site")
+        return value
+
     @field_validator("comfyui_args")
     @classmethod
     def _splittable(cls, value: str) -> str:

@@ -5,7 +5,8 @@ close or, with stall_resume, go on), reset_after=N (at byte N of the file, drop 
 ignore_range=True (answer 200 with the whole body), wrong_bytes=True (flip one byte), rate=N (send
 at most N bytes/s per connection),
 status=401|403|404|500 (answer that status), redirect_to=URL (302 there); times=N limits a fault to
-the first N requests it fires on. Changing a file's content changes its ETag. Every request is
+the first N requests it fires on, and after_requests=N lets N requests through before it starts (a
+signed URL that expires mid-download). Changing a file's content changes its ETag. Every request is
 recorded (method, path, headers) for assertions.
 """
 
@@ -35,6 +36,7 @@ class Fault:
     status: int | None = None
     redirect_to: str | None = None
     times: int | None = None  # how many requests it affects; None: all
+    after_requests: int = 0  # requests for the file served normally before the fault starts firing
     rate: int | None = None  # bytes per second, per connection (a slow CDN); never "fires"
 
 
@@ -129,9 +131,13 @@ class FileServer:
         self.httpd.server_close()
 
     def _take_fault(self, name: str) -> Fault | None:
-        """The fault for `name`, if any; it counts against `times` only when it fires (see _fired)."""
+        """The fault for `name`, if any and due; it counts against `times` only when it fires (see _fired)."""
         with self._lock:
-            return self.faults.get(name)
+            fault = self.faults.get(name)
+            if fault is not None and fault.after_requests > 0:
+                fault.after_requests -= 1
+                return None
+            return fault
 
     def _fired(self, name: str, fault: Fault) -> None:
         with self._lock:
