@@ -53,23 +53,24 @@ def control(settings: Settings, name: str, action: str) -> dict:
     rpc = supervisor.rpc(settings, timeout=timeouts.SUPERVISOR_CONTROL)
     try:
         if action in ("stop", "restart"):
-            try:
-                rpc.supervisor.stopProcess(name)
-            except xmlrpc.client.Fault as fault:
-                if "NOT_RUNNING" not in fault.faultString:
-                    raise
+            _unless_already(rpc.supervisor.stopProcess, name, "NOT_RUNNING")
         if action in ("start", "restart"):
-            try:
-                rpc.supervisor.startProcess(name)
-            except xmlrpc.client.Fault as fault:
-                if "ALREADY_STARTED" not in fault.faultString:
-                    raise
+            _unless_already(rpc.supervisor.startProcess, name, "ALREADY_STARTED")
         info = rpc.supervisor.getProcessInfo(name)
     except xmlrpc.client.Fault as fault:
         raise Unavailable(f"supervisord refused to {action} {name}: {fault.faultString}") from None
     except OSError as exc:
         raise Unavailable(f"supervisord is not answering on its socket: {exc}") from None
     return {"name": name, "state": info["statename"], "pid": info["pid"] or None}
+
+
+def _unless_already(call, name: str, already: str) -> None:
+    """A supervisord control call; the fault that says the program is already so is no error."""
+    try:
+        call(name)
+    except xmlrpc.client.Fault as fault:
+        if already not in fault.faultString:  # supervisord's fault names: NOT_RUNNING, ALREADY_STARTED
+            raise
 
 
 def log_tail(settings: Settings, name: str, lines: int) -> list[str]:

@@ -1,9 +1,9 @@
 """A ComfyUI stand-in for tests: takes ComfyUI's flags and answers its API like ComfyUI 0.33 does.
 
 Faithful to the real ComfyUI 0.33 as docs/comfyui.md describes it: the port opens only when start-up
-is done, a taken port is found only after start-up (exit 1), SIGINT stops cleanly ("Stopped server"), SIGTERM kills at once,
-a bad extra_model_paths.yaml exits 1, every route answers at /path and /api/path, models are listed from
-the real folders. Test knobs (environment): STANDIN_STARTUP_SECONDS (start-up time, default 1),
+is done, a taken port is found only after start-up (exit 1), SIGINT stops cleanly ("Stopped server"),
+SIGTERM kills at once, a bad extra_model_paths.yaml exits 1, every route answers at /path and /api/path,
+models are listed from the real folders. Test knobs (environment): STANDIN_STARTUP_SECONDS (start-up time, default 1),
 STANDIN_FAIL_STATUS (every HTTP route answers this status), STANDIN_STEP_SECONDS (time per node).
 """
 
