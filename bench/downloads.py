@@ -1,20 +1,24 @@
 """Download benchmark: our engine side by side with curl and aria2c, in one run, sha256 included.
 
-1. Loopback: one file from a local nginx; ours vs `curl -o` + `sha256sum`.
+1. Loopback: one file from a local nginx; bare `curl -o`, curl then `sha256sum`, curl then `openssl dgst
+   -sha256`; ours called directly (the engine's own time, in its process) and ours queued through the
+   dashboard's API on a running stack (from the POST to the job's end, as its record says).
 2. CDN-like: nginx with `limit_rate 20m` per connection and a 40 ms round trip, in a network namespace
-   made for the run (NFQUEUE delay, see bench/netdelay.py); ours vs `aria2c -x16 -s16 -k1M` (checksum on) vs
-   single-stream curl.
+   made for the run (NFQUEUE delay, see bench/netdelay.py); ours vs `aria2c -x16 -s16 -k1M` (checksum on)
+   at several file sizes, and single-stream curl once.
 3. Resume: ours killed (-9) at 50 % over the CDN-like link, then run again; bytes fetched twice, counted
    by nginx's access log.
 
 Run as root (network namespaces, iptables): `make bench` or `.venv/bin/python bench/downloads.py
-[--size-mb 2048] [--runs 3]`. Traffic stays on loopback inside this machine and the namespace.
+[--size-mb 2048] [--cdn-sizes-mb 16,64,256,2048] [--runs 3]`. Traffic stays on loopback inside this
+machine and the namespace.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -23,9 +27,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tests.helpers.stack import PASSWORD, Stack  # noqa: E402
+
 PYTHON = sys.executable
 MIB = 1024 * 1024
 
@@ -138,16 +147,20 @@ def make_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def run_curl(url: str, out: Path, ns: str | None, expected: str) -> tuple[float, float]:
-    """Seconds for curl alone, and for curl then sha256sum (what verifying the file costs a curl user)."""
+def run_curl(url: str, out: Path, ns: str | None, expected: str) -> tuple[float, float, float]:
+    """Seconds for curl alone, then with `sha256sum`, then with `openssl dgst -sha256` after it (what
+    verifying the file costs a curl user: coreutils' hash is several times slower than OpenSSL's here)."""
     out.unlink(missing_ok=True)
     begin = time.perf_counter()
     subprocess.run(in_ns(ns, ["curl", "-s", "-f", "-o", str(out), url]), check=True)
     fetched = time.perf_counter() - begin
     digest = subprocess.run(["sha256sum", str(out)], capture_output=True, text=True, check=True).stdout.split()[0]
-    elapsed = time.perf_counter() - begin
+    with_sha256sum = time.perf_counter() - begin
     assert digest == expected, "curl: wrong bytes"
-    return fetched, elapsed
+    begin = time.perf_counter()
+    openssl = subprocess.run(["openssl", "dgst", "-sha256", "-r", str(out)], capture_output=True, text=True, check=True)
+    assert openssl.stdout.split()[0] == expected, "curl: wrong bytes (openssl)"
+    return fetched, with_sha256sum, fetched + time.perf_counter() - begin
 
 
 def run_aria(url: str, out: Path, ns: str | None, expected: str) -> float:
@@ -179,15 +192,39 @@ def run_aria(url: str, out: Path, ns: str | None, expected: str) -> float:
 
 
 def run_ours(url: str, workspace: Path, ns: str | None, expected: str) -> float:
+    """The engine called directly: its own time in its process (the interpreter's start is not counted)."""
     shutil.rmtree(workspace, ignore_errors=True)
-    begin = time.perf_counter()
     result = subprocess.run(
         in_ns(ns, [PYTHON, str(HERE / "fetch_one.py"), url, str(workspace)]), capture_output=True, text=True, check=True
     )
-    elapsed = time.perf_counter() - begin
     done = [line for line in result.stdout.splitlines() if line.startswith("done ")][-1]
     assert done.split()[2] == expected, "ours: wrong bytes"
-    return elapsed
+    return float(done.split()[1])
+
+
+def api(stack: Stack, method: str, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.settings.dashboard_port}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {PASSWORD}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def run_api(stack: Stack, url: str, expected: str) -> float:
+    """Queued through the API of a running stack: from the POST to the job's end (its own timestamps)."""
+    target = stack.settings.paths.models / "checkpoints" / "model.bin"
+    target.unlink(missing_ok=True)
+    begin = time.time()
+    job = api(stack, "POST", "/api/downloads", {"url": url, "folder": "checkpoints", "filename": "model.bin"})
+    deadline = time.monotonic() + 600
+    while job["state"] not in ("done", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = api(stack, "GET", f"/api/downloads/{job['id']}")
+    assert job["state"] == "done" and job["sha256"] == expected, ("ours via the API", job)
+    return job["finished"] - begin
 
 
 def resume(url: str, workspace: Path, ns: str | None, nginx: Nginx, size: int, expected: str) -> tuple[int, int]:
@@ -222,69 +259,91 @@ def rate(size: int, seconds: list[float]) -> float:
     return size / statistics.median(seconds) / MIB
 
 
+def loopback(root: Path, served: Path, size: int, runs: int, expected: str) -> None:
+    nginx = Nginx(served, root / "nginx-lo", rate="0")
+    url = nginx.url("model.bin")
+    stack = Stack(root / "stack", DOWNLOADS_ALLOW_PRIVATE_HOSTS="true", DOWNLOADS_RESERVE_MB="0").start()
+    try:
+        stack.wait_running()
+        curl = [run_curl(url, root / "curl.bin", None, expected) for _ in range(runs)]
+        (root / "curl.bin").unlink(missing_ok=True)
+        ours = [run_ours(url, root / "ours-ws", None, expected) for _ in range(runs)]
+        shutil.rmtree(root / "ours-ws", ignore_errors=True)
+        via_api = [run_api(stack, url, expected) for _ in range(runs)]
+    finally:
+        stack.stop()
+        nginx.stop()
+    bare = statistics.median(c[0] for c in curl)
+    print(f"\n1. loopback, {size // MIB} MiB from nginx, sha256 checked, median of {runs}")
+    print(f"{'tool':36} {'MiB/s':>8} {'vs bare curl':>13}")
+    rows = [
+        ("curl -o (no check)", [c[0] for c in curl]),
+        ("curl -o, then sha256sum", [c[1] for c in curl]),
+        ("curl -o, then openssl dgst -sha256", [c[2] for c in curl]),
+        ("ours, the engine called directly", ours),
+        ("ours, queued through the API", via_api),
+    ]
+    for name, seconds in rows:
+        print(f"{name:36} {rate(size, seconds):8.0f} {bare / statistics.median(seconds):12.2f}x")
+
+
+def cdn(root: Path, served: Path, sizes: list[int], runs: int, curl_runs: int, expected: dict[int, str]) -> None:
+    port = 18099
+    ns = Namespace(port, delay_ms=40)
+    try:
+        nginx = Nginx(served, root / "nginx-cdn", rate="20m", ns=ns.name, port=port)
+        print(f"\n2. CDN-like: limit_rate 20m per connection, 40 ms round trip, median of {runs}")
+        print(f"{'size':>9} {'aria2c -x16 MiB/s':>18} {'ours MiB/s':>11} {'ours/aria2c':>12}")
+        for size in sizes:
+            url = nginx.url(f"model-{size // MIB}.bin")
+            aria = [run_aria(url, root / "aria.bin", ns.name, expected[size]) for _ in range(runs)]
+            ours = [run_ours(url, root / "ours-ws", ns.name, expected[size]) for _ in range(runs)]
+            ratio = statistics.median(aria) / statistics.median(ours)
+            print(f"{size // MIB:>5} MiB {rate(size, aria):18.0f} {rate(size, ours):11.0f} {ratio:11.2f}x")
+        smallest = sizes[0] if len(sizes) == 1 else sizes[-2]
+        url = nginx.url(f"model-{smallest // MIB}.bin")
+        curl = [run_curl(url, root / "curl.bin", ns.name, expected[smallest]) for _ in range(curl_runs)]
+        print(f"curl, one stream, {smallest // MIB} MiB: {rate(smallest, [c[0] for c in curl]):.0f} MiB/s")
+
+        size = sizes[-1]
+        url = nginx.url(f"model-{size // MIB}.bin")
+        total, second = resume(url, root / "ours-ws", ns.name, nginx, size, expected[size])
+        twice = total - size
+        print(f"\n3. resume: ours killed (-9) at 50 % of {size // MIB} MiB over the CDN-like link, then run again")
+        print(f"bytes sent by nginx in all: {total / MIB:.1f} MiB for a {size / MIB:.0f} MiB file")
+        print(f"fetched by the second run:  {second / MIB:.1f} MiB")
+        print(f"fetched twice:              {twice / MIB:.1f} MiB = {100 * twice / size:.2f} % of the file")
+        nginx.stop()
+    finally:
+        ns.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, default=2048)
+    parser.add_argument("--size-mb", type=int, default=2048, help="the loopback file")
+    parser.add_argument("--cdn-sizes-mb", default="16,64,256,2048", help="files over the CDN-like link")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--curl-cdn-runs", type=int, default=1, help="single-stream curl at 20 MiB/s is slow")
+    parser.add_argument("--only", choices=["loopback", "cdn"], help="run one part")
     args = parser.parse_args()
-    for tool in ("nginx", "curl", "aria2c", "iptables", "ip"):
+    for tool in ("nginx", "curl", "aria2c", "iptables", "ip", "openssl"):
         if not shutil.which(tool):
             print(f"{tool} is missing: run `make bench`, which installs it", file=sys.stderr)
             return 2
     size = args.size_mb * MIB
+    sizes = [int(x) * MIB for x in args.cdn_sizes_mb.split(",")]
     root = Path(tempfile.mkdtemp(prefix="cd-bench-", dir="/var/tmp"))
     served = root / "www"
     served.mkdir()
     try:
-        print(f"making a {args.size_mb} MiB file ...", flush=True)
-        expected = make_file(served / "model.bin", size)
-
-        nginx = Nginx(served, root / "nginx-lo", rate="0")
-        url = nginx.url("model.bin")
-        curl = [run_curl(url, root / "curl.bin", None, expected) for _ in range(args.runs)]
-        ours = [run_ours(url, root / "ours-ws", None, expected) for _ in range(args.runs)]
-        nginx.stop()
-        print(f"\n1. loopback, {args.size_mb} MiB from nginx, sha256 checked, median of {args.runs}")
-        curl_only, curl_sha = [c[0] for c in curl], [c[1] for c in curl]
-        print(f"{'tool':32} {'MiB/s':>8}")
-        print(f"{'curl -o (no check)':32} {rate(size, curl_only):8.0f}")
-        print(f"{'curl -o + sha256sum':32} {rate(size, curl_sha):8.0f}")
-        print(
-            f"{'ours (segmented, verified)':32} {rate(size, ours):8.0f}   ratio ours/curl: "
-            f"{statistics.median(curl_only) / statistics.median(ours):.2f}x (no check), "
-            f"{statistics.median(curl_sha) / statistics.median(ours):.2f}x (+ sha256sum)"
-        )
-
-        port = 18099
-        ns = Namespace(port, delay_ms=40)
-        try:
-            nginx = Nginx(served, root / "nginx-cdn", rate="20m", ns=ns.name, port=port)
-            url = nginx.url("model.bin")
-            aria = [run_aria(url, root / "aria.bin", ns.name, expected) for _ in range(args.runs)]
-            ours = [run_ours(url, root / "ours-ws", ns.name, expected) for _ in range(args.runs)]
-            curl = [run_curl(url, root / "curl.bin", ns.name, expected) for _ in range(args.curl_cdn_runs)]
-            print(f"\n2. CDN-like: limit_rate 20m per connection, 40 ms round trip, median of {args.runs}")
-            print(f"{'tool':32} {'MiB/s':>8}")
-            print(f"{'curl (one stream)':32} {rate(size, [c[0] for c in curl]):8.0f}   ({args.curl_cdn_runs} run)")
-            print(f"{'aria2c -x16 -s16 -k1M':32} {rate(size, aria):8.0f}")
-            print(
-                f"{'ours (16 segments)':32} {rate(size, ours):8.0f}   ratio ours/aria2c: "
-                f"{statistics.median(aria) / statistics.median(ours):.2f}x"
-            )
-
-            total, second = resume(url, root / "ours-ws", ns.name, nginx, size, expected)
-            twice = total - size
-            print("\n3. resume: ours killed (-9) at 50 % over the CDN-like link, then run again")
-            print(f"bytes sent by nginx in all: {total / MIB:.1f} MiB for a {size / MIB:.0f} MiB file")
-            print(f"fetched by the second run:  {second / MIB:.1f} MiB")
-            print(
-                f"fetched twice:              {twice / MIB:.1f} MiB = {100 * twice / size:.2f} % of the file"
-                "   (goal: under 1 %)"
-            )
-            nginx.stop()
-        finally:
-            ns.close()
+        if args.only in (None, "loopback"):
+            print(f"making a {args.size_mb} MiB file ...", flush=True)
+            expected = make_file(served / "model.bin", size)
+            loopback(root, served, size, args.runs, expected)
+            (served / "model.bin").unlink()
+        if args.only in (None, "cdn"):
+            digests = {n: make_file(served / f"model-{n // MIB}.bin", n) for n in sizes}
+            cdn(root, served, sizes, args.runs, args.curl_cdn_runs, digests)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
