@@ -521,3 +521,22 @@ def test_no_token_in_manifest_or_errors(s, file_server):
     for path in Path(hf.workspace).rglob("*"):
         if path.is_file():
             assert SENTINEL_HF.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("size_mb", [4, 16, 64, 256, 2048])
+def test_segments_are_sized_from_the_file(size_mb):
+    from services.worker.download.fetch import MIN_SEGMENT, plan_segments
+
+    total, largest, connections = size_mb * MIB + 12_345, 32 * MIB, 16
+    segments = plan_segments(total, largest, connections)
+    # They cover the file exactly, in order, none larger than the setting, none needlessly small.
+    assert segments[0].start == 0 and segments[-1].end == total - 1
+    assert all(b.start == a.end + 1 for a, b in zip(segments, segments[1:], strict=False))
+    assert all(s.length <= largest for s in segments)
+    assert all(s.length >= MIN_SEGMENT for s in segments[:-1])
+    # Every connection has work as soon as the file is big enough to give each one a segment.
+    assert len(segments) >= min(connections, total // MIN_SEGMENT)
+    # They shrink towards the end: what is in flight at the last byte is a small part of the file.
+    lengths = [s.length for s in segments]
+    assert lengths == sorted(lengths, reverse=True) or lengths[:-1] == sorted(lengths[:-1], reverse=True)
+    assert sum(lengths[-connections:]) <= max(connections * MIN_SEGMENT * 2, total // 4)

@@ -96,9 +96,14 @@ class Settings(BaseModel):
     downloads_connections: int = Field(
         16, ge=1, le=64, description="Parallel ranged connections for one large file (CDNs cap each connection)."
     )
-    downloads_segment_mb: int = Field(32, ge=1, le=1024, description="Size of one ranged segment (MiB).")
+    downloads_segment_mb: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Largest ranged segment (MiB); segments are sized from the file and shrink towards its end.",
+    )
     downloads_min_segmented_mb: int = Field(
-        64, ge=1, description="Files smaller than this (MiB) download over one connection."
+        4, ge=1, description="Files smaller than this (MiB) download over one connection."
     )
     downloads_reserve_mb: int = Field(
         512, ge=0, description="Free space (MiB) a download must leave on the volume; checked before it starts."

@@ -32,6 +32,7 @@ log = logging.getLogger("worker.download")
 
 BACKOFF_CAP = 60.0  # seconds: the longest wait between two retries
 CANCEL_POLL = 0.2  # seconds between two cancel checks while waiting to retry
+MIN_SEGMENT = 1 * MIB  # below this a ranged request costs more in round trips than it gains
 
 
 def target_path(paths: Paths, folder: str, filename: str) -> Path:
@@ -114,8 +115,18 @@ def probe(http: Http, plan: sources.Plan) -> Probe:
     )
 
 
-def plan_segments(total: int, size: int) -> list[Segment]:
-    return [Segment(start, min(start + size, total) - 1) for start in range(0, total, size)]
+def plan_segments(total: int, largest: int, connections: int) -> list[Segment]:
+    """Segments sized from what remains: each `remaining / connections`, at most `largest`, at least
+    MIN_SEGMENT. A mid-size file gives every connection work, and segments shrink towards the end, so
+    what is in flight when the last byte lands is small: the hash follower, which can only hash the
+    contiguous prefix, is then nearly done instead of facing a whole round of large segments."""
+    segments, start = [], 0
+    while start < total:
+        remaining = total - start
+        size = min(remaining, largest, max(MIN_SEGMENT, remaining // connections))
+        segments.append(Segment(start, start + size - 1))
+        start += size
+    return segments
 
 
 class Attempt:
@@ -229,7 +240,8 @@ class Attempt:
             segmented = probe_.ranges and total is not None and total >= settings.downloads_min_segmented_mb * MIB
             segments = None
             if segmented:
-                segments = plan_segments(total, settings.downloads_segment_mb * MIB)
+                largest = settings.downloads_segment_mb * MIB
+                segments = plan_segments(total, largest, settings.downloads_connections)
             url = netsafe.clean_url(self.spec.url)
             spec = self.spec.model_copy(update={"url": url, "filename": self.target.name, "sha256": self.expected_sha})
             manifest = Manifest(self.job_id, spec, total, probe_.validator, segments, boot_id=boot_id())
