@@ -9,12 +9,14 @@ import os
 import re
 import signal
 import time
+import urllib.parse
 
 import hypothesis
 import pytest
 import requests
 import schemathesis
 import websocket
+from pydantic import SecretStr
 from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 
 from services.common import bus
@@ -52,6 +54,14 @@ def stack(tmp_path_factory):
     wait_for(lambda: requests.get(f"http://127.0.0.1:{stack.settings.dashboard_port}/livez", timeout=2).ok, 30)
     yield stack
     stack.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_login_counters(stack):
+    """Failed logins and bearers count per address, and every test calls from 127.0.0.1: start each at 0."""
+    client = bus.connect(stack.settings)
+    for key in client.keys("login:failures:*"):
+        client.delete(key)
 
 
 @pytest.fixture(scope="module")
@@ -365,6 +375,7 @@ def test_openapi_contract_holds_for_every_route(stack):
     assert tuple(enum) == ALL_FOLDERS
     schema = schemathesis.openapi.from_path(str(OPENAPI))
     schema.app = app  # calls go to the WSGI app in this process, against the stack's real Redis and supervisord
+    counters = bus.connect(stack.settings)
     ran = 0
     for operation in schema.get_all_operations():
         op = operation.ok()
@@ -382,6 +393,9 @@ def test_openapi_contract_holds_for_every_route(stack):
         @hypothesis.given(case=op.as_strategy())
         def check(case) -> None:
             nonlocal ran
+            # The fuzz sends wrong bearers too; each case starts under the limit, so it reaches the route.
+            for key in counters.keys("login:failures:*"):
+                counters.delete(key)
             response = case.call(headers={"Authorization": f"Bearer {PASSWORD}"})
             ran += 1
             assert response.status_code < 500 or response.status_code == 503, (
@@ -443,3 +457,73 @@ def test_secrets_never_leave_the_environment(stack, base, bearer):
     for sentinel in (HF_SENTINEL, CIVITAI_SENTINEL):
         leaks = [text[:200] for text in seen if sentinel in text]
         assert not leaks, (sentinel, leaks)
+
+
+# --- guessing, sessions and redirects ---------------------------------------------------------------------
+
+
+def test_bearer_guesses_count_against_the_login_limit_and_lock_every_route(stack, base, bearer):
+    wrong = {"Authorization": "Bearer guess"}
+    codes = [requests.get(f"{base}/api/status", headers=wrong).status_code for _ in range(12)]
+    assert codes[:10] == [401] * 10 and set(codes[10:]) == {429}
+    # Locked out: the right bearer, an anonymous page and the login form all wait, on every route.
+    locked = requests.get(f"{base}/api/status", headers=bearer)
+    assert locked.status_code == 429 and "Retry-After" in locked.headers
+    assert locked.json()["error"]["code"] == "too_many_attempts"
+    assert requests.get(f"{base}/downloads", allow_redirects=False).status_code == 429
+    assert requests.post(f"{base}/login", data={"password": PASSWORD}, allow_redirects=False).status_code == 429
+
+
+def test_logout_ends_the_session_on_the_server(stack, base):
+    session, token = login(base)
+    copied = dict(session.cookies)
+    assert requests.get(f"{base}/api/settings", cookies=copied).status_code == 200
+    assert session.post(f"{base}/logout", data={"csrf_token": token}, allow_redirects=False).status_code == 302
+    # Someone who kept a copy of the cookie gets nothing now.
+    assert requests.get(f"{base}/api/settings", cookies=copied).status_code == 401
+    assert "/login" in requests.get(f"{base}/downloads", cookies=copied, allow_redirects=False).headers["Location"]
+
+
+def test_sign_out_everywhere_ends_every_session(stack, base, bearer):
+    first, _ = login(base)
+    second, token = login(base)
+    assert dict(first.cookies) != dict(second.cookies)  # a random id per login, even in the same second
+    response = second.delete(f"{base}/api/sessions", headers={"X-CSRF-Token": token})
+    assert response.status_code == 200 and response.json() == {"signed_out": "all"}
+    for old in (first, second):
+        assert old.get(f"{base}/api/settings").status_code == 401
+    assert requests.get(f"{base}/api/settings", headers=bearer).status_code == 200  # the password still works
+    again, _ = login(base)
+    assert again.get(f"{base}/api/settings").status_code == 200
+
+
+def test_a_new_password_ends_the_old_sessions(stack):
+    before = create_app(stack.settings)
+    after = create_app(stack.settings.model_copy(update={"dashboard_password": SecretStr("a-new-password")}))
+    with before.test_client() as old_browser:
+        assert old_browser.post("/login", data={"password": PASSWORD}).status_code == 302
+        cookie = old_browser.get_cookie("comfyui_docker_session").value
+    with after.test_client() as browser:
+        browser.set_cookie("comfyui_docker_session", cookie)
+        assert browser.get("/api/settings").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("target", "landing"),
+    [
+        ("/downloads?x=1", "/downloads?x=1"),
+        ("/%09/evil.example/", "/"),
+        ("//evil.example/", "/"),
+        ("/%5Cevil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("/%0a/evil.example", "/"),
+        ("javascript:alert(1)", "/"),
+    ],
+)
+def test_login_follows_only_same_site_paths(stack, base, target, landing):
+    response = requests.post(
+        f"{base}/login?next={target}", data={"password": PASSWORD}, allow_redirects=False, timeout=10
+    )
+    assert response.status_code == 302
+    assert urllib.parse.urlsplit(response.headers["Location"]).netloc in ("", urllib.parse.urlsplit(base).netloc)
+    assert response.headers["Location"].removeprefix(base) == landing

@@ -224,6 +224,11 @@ class Paths:
         return self.config / "tokens.json"
 
     @property
+    def sessions_file(self) -> Path:
+        """Revoked dashboard sessions and the sign-out-everywhere epoch (0600): they outlive Redis."""
+        return self.config / "sessions.json"
+
+    @property
     def api_tokens_file(self) -> Path:
         """API tokens made on the settings page, stored as sha256 hashes (0600)."""
         return self.config / "api_tokens.json"

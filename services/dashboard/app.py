@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.jinja_env.filters["duration"] = _duration
     app.session_interface = _SessionInterface()
     context.init_app(app, settings)
-    auth.init_app(app)
+    auth.init_app(app, settings)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     ws.init_app(app)

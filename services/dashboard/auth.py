@@ -16,8 +16,10 @@ import redis
 from flask import Blueprint, Flask, current_app, g, jsonify, redirect, render_template, request, session, url_for
 
 from services.common import credentials, messages
+from services.common.settings import Settings
 from services.dashboard.context import client as redis_client
 from services.dashboard.context import settings
+from services.dashboard.sessions import Store, fingerprint, new_id
 
 log = logging.getLogger("dashboard.auth")
 
@@ -42,16 +44,29 @@ def bearer_token() -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def session_valid() -> bool:
+    """A session made at login with the current password, in the current epoch, not revoked."""
+    if session.get("user") != "admin":
+        return False
+    if session.get("pw") != fingerprint(current_app.config["SECRET_KEY"], current_app.config["DASHBOARD_PASSWORD"]):
+        return False  # made with another password: a password change ends every session
+    return store().valid(session.get("sid"), session.get("epoch"))
+
+
 def authenticate() -> str | None:
     """How this request is authenticated: "session", "bearer", "open" (auth off), or None."""
     if not current_app.config["AUTH_ENABLED"]:
         return "open"
-    if session.get("user") == "admin":
+    if session_valid():
         return "session"
     token = bearer_token()
     if token and (password_matches(token) or credentials.api_token_valid(settings(), token)):
         return "bearer"
     return None
+
+
+def store() -> Store:
+    return current_app.extensions["sessions"]
 
 
 def error(code: str, message: str, status: int):
@@ -74,10 +89,36 @@ def csrf_token() -> str:
     return session["csrf"]
 
 
+def _refused(message: str, status: int):
+    if request.path.startswith("/api/") or request.path == "/ws":
+        response = error("too_many_attempts" if status == 429 else "unavailable", message, status)
+    else:
+        response = current_app.make_response((render_template("login.html", error=message), status))
+    if status == 429:
+        response.headers["Retry-After"] = str(LOGIN_WINDOW)
+    return response
+
+
 def require_auth():
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    how = authenticate()
+    if current_app.config["AUTH_ENABLED"] and not session_valid():
+        # Guessing through `Authorization: Bearer` counts against the same limit as the login form, and
+        # an address over it is refused everywhere, the right password included.
+        try:
+            client = redis_client()
+            if _too_many(client):
+                return _refused("Too many failed logins: wait a few minutes.", 429)
+            how = authenticate()
+            if how is None and bearer_token() is not None:
+                _count_failure(client)
+                log.warning("failed bearer token from %s", _client_address())
+        except (redis.RedisError, OSError):
+            if bearer_token() is not None:  # without the counters, no guess is checked
+                return _refused("Redis is not answering: the stack is restarting it, try again shortly", 503)
+            how = None
+    else:
+        how = authenticate()
     wants_json = request.path.startswith("/api/") or request.path == "/ws"
     if how is None:
         if wants_json:
@@ -137,20 +178,49 @@ def login():
         log.warning("failed login from %s", _client_address())
         return render_template("login.html", error="Wrong password."), 401
     session.clear()
-    session["user"] = "admin"
+    # A random id per login: two logins in the same second get different cookies, and each can be revoked.
+    session.update(
+        user="admin",
+        sid=new_id(),
+        epoch=store().epoch,
+        pw=fingerprint(current_app.config["SECRET_KEY"], current_app.config["DASHBOARD_PASSWORD"]),
+    )
     session.permanent = True
-    target = request.args.get("next", "/")
-    # Only a local path: an open redirect would hand the fresh session page to another site.
-    return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+    return redirect(safe_next(request.args.get("next", "/")))
+
+
+def safe_next(target: str) -> str:
+    """Only a path of this site: an open redirect would hand the fresh session page to another site.
+
+    Browsers drop tabs and newlines from a URL and read `/\\` like `//`, so any of those refuses it."""
+    if (
+        not target.startswith("/")
+        or target.startswith(("//", "/\\"))
+        or any(c.isspace() or ord(c) < 32 or ord(c) == 127 or c == "\\" for c in target)
+    ):
+        return "/"
+    return target
 
 
 @bp.route("/logout", methods=["POST"])
 def logout():
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        store().revoke(sid)  # the cookie alone no longer works, even if someone kept a copy
     session.clear()
     return redirect(url_for("auth.login"))
 
 
-def init_app(app: Flask) -> None:
+@bp.route("/api/sessions", methods=["DELETE"])
+def sign_out_everywhere():
+    """Ends every dashboard session, this one included (API tokens and the password stay valid)."""
+    store().revoke_all()
+    session.clear()
+    return jsonify(signed_out="all")
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    app.extensions["sessions"] = Store(settings)
     app.register_blueprint(bp)
     app.before_request(require_auth)
     app.jinja_env.globals["csrf_token"] = csrf_token
