@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from services.common.files import write_atomic
-from services.common.settings import Settings
+from services.common.settings import Settings, check_token
 
 SECRET_MODE = 0o600
 
@@ -69,8 +69,18 @@ def _read_json(path: Path) -> dict:
 
 
 def stored_tokens(settings: Settings) -> dict[str, str]:
+    """The tokens set from the dashboard; one that could not go into a header (stored before it was
+    checked at input) counts as not set, so it never reaches a request, an exception or a log."""
     data = _read_json(settings.paths.tokens_file)
-    return {k: v for k, v in data.items() if k in TOKEN_NAMES and isinstance(v, str) and v}
+    return {k: v for k, v in data.items() if k in TOKEN_NAMES and isinstance(v, str) and _usable(v)}
+
+
+def _usable(token: str) -> bool:
+    try:
+        check_token(token)
+    except ValueError:
+        return False
+    return True
 
 
 def set_token(settings: Settings, name: str, value: str | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,8 +22,20 @@ class OneLineFormatter(logging.Formatter):
         text = record.getMessage()
         if record.exc_info:
             text = f"{text} | {self.formatException(record.exc_info)}"
-        text = text.replace("\r", "").replace("\n", " | ")
+        text = scrub(text.replace("\r", "").replace("\n", " | "))
         return f"{self.service} {stamp}Z {record.levelname} {record.name}: {text}"
+
+
+# What a credential looks like in text a library may log (an exception quoting a header or a URL).
+_SECRETS = re.compile(
+    r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?(?:bearer\s+|basic\s+|token\s+)?|bearer\s+"
+    r"|[?&](?:token|access_token|api_key|apikey|key)=)[^\s'\",&|]+"
+)
+
+
+def scrub(text: str) -> str:
+    """The text with every bearer token, Authorization value and credential query parameter hidden."""
+    return _SECRETS.sub(lambda m: m.group(1) + "<hidden>", text)
 
 
 def setup_logging(service: str, level: str = "INFO") -> logging.Logger:

@@ -23,6 +23,14 @@ class SettingsError(Exception):
     """A setting from the environment is invalid; the message names the variable and the fix."""
 
 
+def check_token(value: str) -> str:
+    """A source token goes into an Authorization header: printable ASCII without spaces, or the request
+    fails (and a failing header could carry the token into an error message). Raises ValueError."""
+    if not value or not all(33 <= ord(c) <= 126 for c in value):
+        raise ValueError("a token is printable ASCII without spaces: copy it again from its site")
+    return value
+
+
 def _port(description: str, default: int) -> int:
     return Field(default, ge=1, le=65535, description=description)
 
@@ -162,9 +170,8 @@ class Settings(BaseModel):
     @field_validator("hf_token", "civitai_token")
     @classmethod
     def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
-        # A token goes into an Authorization header: printable ASCII without spaces, or the request fails.
-        if value is not None and not all(33 <= ord(c) <= 126 for c in value.get_secret_value()):
-            raise ValueError("a token is printable ASCII without spaces: copy it again from its site")
+        if value is not None:
+            check_token(value.get_secret_value())
         return value
 
     @field_validator("comfyui_args")

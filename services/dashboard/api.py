@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from services.common import credentials, jobs, presets
 from services.common.errors import BadInput, NotFound, Problem
 from services.common.messages import DownloadSpec
-from services.common.settings import Settings
+from services.common.settings import Settings, check_token
 from services.dashboard import state
 from services.dashboard.auth import error
 from services.dashboard.context import client, send, settings
@@ -257,10 +257,16 @@ def put_settings():
     unknown = set(data) - set(credentials.TOKEN_NAMES)
     if unknown:
         raise BadInput(f"unknown setting(s): {', '.join(sorted(unknown))}; only hf_token and civitai_token")
+    tokens = {}
     for name, value in data.items():
         if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > 512):
             raise BadInput(f"{name}: a token (text), or null to clear it")
-        credentials.set_token(settings(), name, value.strip() if value else None)
+        try:
+            tokens[name] = check_token(value.strip()) if value is not None else None
+        except ValueError as exc:
+            raise BadInput(f"{name}: {exc}") from None
+    for name, value in tokens.items():  # all checked first: one bad field stores nothing
+        credentials.set_token(settings(), name, value)
     return jsonify(_settings_view())
 
 
