@@ -540,3 +540,48 @@ def test_segments_are_sized_from_the_file(size_mb):
     lengths = [s.length for s in segments]
     assert lengths == sorted(lengths, reverse=True) or lengths[:-1] == sorted(lengths[:-1], reverse=True)
     assert sum(lengths[-connections:]) <= max(connections * MIN_SEGMENT * 2, total // 4)
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("https://huggingface.co/org/repo/resolve/main/x.bin", True),
+        ("https://huggingface.co:443/org/repo/resolve/main/x.bin", True),
+        ("HTTPS://HuggingFace.co/org/repo/resolve/main/x.bin", True),
+        ("http://huggingface.co/org/repo/resolve/main/x.bin", False),  # in clear
+        ("https://huggingface.co:8443/org/repo/resolve/main/x.bin", False),  # another server on that host
+        ("https://cdn-lfs.huggingface.co/x.bin", False),
+        ("https://huggingface.co.evil.example/x.bin", False),
+    ],
+)
+def test_a_token_goes_only_to_its_endpoints_scheme_host_and_port(url, sent):
+    from services.worker.http import Credential
+
+    headers = Credential("https://huggingface.co", "hf_SECRET").headers_for(url)
+    assert bool(headers) == sent
+
+
+def test_endpoints_must_be_https():
+    from services.common.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="HF_ENDPOINT=.*must be an https:// address"):
+        load_settings({"HF_ENDPOINT": "http://huggingface.co"})
+    with pytest.raises(SettingsError, match="CIVITAI_ENDPOINT=.*must be an https:// address"):
+        load_settings({"CIVITAI_ENDPOINT": "http://civitai.com"})
+
+
+def test_hugging_face_token_not_sent_to_another_port_of_its_host(s, file_server):
+    from tests.helpers.fileserver import FileServer
+
+    data = blob(2 * MIB)
+    other = FileServer().start()  # the same host name, another port: another server
+    try:
+        other.add("x/model.safetensors", data)
+        file_server.redirect("org/repo/resolve/main/model.safetensors", other.url("x/model.safetensors"))
+        hf = s.model_copy(update={"hf_endpoint": file_server.base_url, "hf_token": SecretStr(SENTINEL_HF)})
+        out = fetch(hf, f"{file_server.base_url}/org/repo/resolve/main/model.safetensors", sha256=sha(data))
+        assert out.path.read_bytes() == data
+        assert other.requests and all("Authorization" not in r["headers"] for r in other.requests)
+        assert any(r["headers"].get("Authorization") for r in file_server.requests if r["path"].startswith("/org/"))
+    finally:
+        other.stop()

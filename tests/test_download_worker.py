@@ -58,7 +58,7 @@ def stack(tmp_path_factory, server, tls_server):
         DOWNLOADS_RESERVE_MB="0",
         DOWNLOADS_MAX_ATTEMPTS="3",
         WORKER_CONCURRENCY="2",
-        HF_ENDPOINT=f"http://localhost:{server.port}",
+        HF_ENDPOINT=f"https://localhost:{tls_server.port}",  # tokens go only to https
         HF_TOKEN=SENTINEL,  # generic files stay on 127.0.0.1
         SSL_CERT_FILE=str(tls_server.cert),  # the worker trusts the test server's https
     )
@@ -293,13 +293,14 @@ def test_b2_redis_losing_everything_is_rebuilt_from_manifests(stack, server, cli
     assert (stack.settings.paths.models / "checkpoints" / "b2.bin").read_bytes() == data
 
 
-def test_failures_reach_the_job_with_a_message_and_no_token(stack, server, client):
-    server.add("org/gated/resolve/main/g.safetensors", b"x")
-    server.fault("org/gated/resolve/main/g.safetensors", status=403)
-    job = submit(stack, client, f"http://localhost:{server.port}/org/gated/resolve/main/g.safetensors", folder="loras")
+def test_failures_reach_the_job_with_a_message_and_no_token(stack, tls_server, client):
+    tls_server.add("org/gated/resolve/main/g.safetensors", b"x")
+    tls_server.fault("org/gated/resolve/main/g.safetensors", status=403)
+    url = f"https://localhost:{tls_server.port}/org/gated/resolve/main/g.safetensors"
+    job = submit(stack, client, url, folder="loras")
     failed = wait_state(client, job.id, messages.TERMINAL)
     assert failed.state == "failed" and "accept the licence" in failed.error
-    hf_requests = [r for r in server.requests if r["path"].startswith("/org/gated")]
+    hf_requests = [r for r in tls_server.requests if r["path"].startswith("/org/gated")]
     assert hf_requests[-1]["headers"]["Authorization"] == f"Bearer {SENTINEL}"
     # The token is nowhere but the environment: not in Redis, not in a log, not in a task message.
     for key in client.keys("*"):

@@ -174,6 +174,14 @@ class Settings(BaseModel):
             check_token(value.get_secret_value())
         return value
 
+    @field_validator("hf_endpoint", "civitai_endpoint")
+    @classmethod
+    def _https_endpoint(cls, value: str) -> str:
+        # Its token goes only to this origin: over https, or it would travel in clear.
+        if not value.startswith("https://"):
+            raise ValueError("must be an https:// address (its token is sent to it)")
+        return value.rstrip("/")
+
     @field_validator("comfyui_args")
     @classmethod
     def _splittable(cls, value: str) -> str:

@@ -41,13 +41,27 @@ def shown(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{parts.path}"
 
 
+def origin(url: str) -> tuple[str, str, int]:
+    """Scheme, host and port (the default one filled in): what a token is bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port
+
+
 @dataclass
 class Credential:
-    host: str
+    """A token and the one origin it may go to: the configured endpoint's scheme, host and port."""
+
+    endpoint: str
     token: str
 
     def headers_for(self, url: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if urlsplit(url).hostname == self.host else {}
+        # Not the host alone: another port of that host is another server, and http would carry it in clear.
+        return {"Authorization": f"Bearer {self.token}"} if origin(url) == origin(self.endpoint) else {}
 
 
 @dataclass

@@ -59,7 +59,7 @@ def _huggingface(url: str, settings: Settings) -> Plan:
     return Plan(
         url=urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")),
         source="huggingface",
-        credential=Credential(_host(settings.hf_endpoint), token) if token else None,
+        credential=Credential(settings.hf_endpoint, token) if token else None,
         filename=_basename(url),
         page=f"{endpoint}/{match.group(1)}",
     )
@@ -68,7 +68,7 @@ def _huggingface(url: str, settings: Settings) -> Plan:
 def _civitai(url: str, settings: Settings, http: Http) -> Plan:
     endpoint = settings.civitai_endpoint.rstrip("/")
     token = settings.civitai_token.get_secret_value() if settings.civitai_token else None
-    credential = Credential(_host(endpoint), token) if token else None
+    credential = Credential(endpoint, token) if token else None
     parts = urlsplit(url)
     version = None
     if m := re.match(r"^/api/download/models/(\d+)", parts.path):
