@@ -535,3 +535,119 @@ def test_login_follows_only_same_site_paths(stack, base, target, landing):
     assert response.status_code == 302
     assert urllib.parse.urlsplit(response.headers["Location"]).netloc in ("", urllib.parse.urlsplit(base).netloc)
     assert response.headers["Location"].removeprefix(base) == landing
+
+
+# --- malformed input: a 4xx with the usual JSON error, never a 5xx ------------------------------------------
+
+
+def _raw(base: str, payload: bytes) -> bytes:
+    import socket
+
+    host, port = urllib.parse.urlsplit(base).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_deeply_nested_json_is_a_400(stack, base, bearer):
+    deep = "[" * 1000 + "]" * 1000
+    for headers in (bearer, {}):
+        response = requests.post(
+            f"{base}/api/downloads", data=deep, headers={**headers, "Content-Type": "application/json"}
+        )
+        assert response.status_code in (400, 401), response.text
+        assert response.json()["error"]["code"] in ("bad_request", "unauthorized")
+
+
+def test_chunked_garbage_is_a_4xx(stack, base):
+    request = (
+        b"POST /api/downloads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + PASSWORD.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+    )
+    status = _raw(base, request).split(b"\r\n", 1)[0]
+    assert re.match(rb"HTTP/1\.[01] 4\d\d", status), status
+
+
+@pytest.mark.parametrize("origin", ["http://[", "http://[::1", "http://%zz", "null"])
+def test_a_malformed_origin_is_refused_not_a_crash(stack, base, bearer, origin):
+    login_page = requests.post(f"{base}/login", data={"password": PASSWORD}, headers={"Origin": origin})
+    assert login_page.status_code == 403
+    api = requests.post(f"{base}/api/tokens", json={"name": "x"}, headers={**bearer, "Origin": origin})
+    assert api.status_code == 403 and api.json()["error"]["code"] == "forbidden"
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(
+            base.replace("http", "ws") + "/ws", header=[f"Authorization: Bearer {PASSWORD}", f"Origin: {origin}"]
+        )
+    assert refused.value.status_code == 403
+
+
+def test_a_url_that_does_not_parse_is_a_400(stack, base, bearer):
+    for url in ("http://[::1/x", "http://[", "https://x:99999999/a", "http://exa mple.com/x"):
+        response = requests.post(f"{base}/api/downloads", json={"url": url, "folder": "loras"}, headers=bearer)
+        assert response.status_code == 400 and response.json()["error"]["message"].startswith("url: "), url
+
+
+def test_a_token_name_that_is_not_text_is_refused_and_pages_stay_up(stack, base, bearer):
+    for name in ("\ud800", "a\x00b", "tab\there"):
+        body = json.dumps({"name": name})  # \ud800 travels as an escape and parses to a lone surrogate
+        response = requests.post(
+            f"{base}/api/tokens", data=body, headers={**bearer, "Content-Type": "application/json"}
+        )
+        assert response.status_code == 400 and response.json()["error"]["message"].startswith("name: "), name
+    session, _ = login(base)
+    assert session.get(f"{base}/settings").status_code == 200
+
+
+def test_every_operation_survives_the_malformed_input_classes(stack):
+    """The fuzz's second half: deep nesting, bytes that are not UTF-8, broken Origins, an unparsable
+    body, on every documented operation, with and without auth: a 4xx each, never a 5xx."""
+    app = create_app(stack.settings)
+    client = app.test_client()
+    counters = bus.connect(stack.settings)
+    paths = schemathesis.openapi.from_path(str(OPENAPI)).raw_schema["paths"]
+    params = {"name": "nope", "action": "restart", "folder": "loras"}
+    variants = [
+        {"data": "[" * 2000 + "]" * 2000, "content_type": "application/json"},
+        {"data": '{"a":' * 600 + "1" + "}" * 600, "content_type": "application/json"},
+        {"data": b"\xff\xfe\x00{", "content_type": "application/json"},
+        {"data": '{"url": "http://[::1/x", "folder": "loras"}', "content_type": "application/json"},
+        {"data": "{}", "content_type": "application/json", "headers": {"Origin": "http://["}},
+        {"data": "{}", "content_type": "application/json", "headers": {"Origin": "http://%zz:x"}},
+        {"data": "x", "content_type": "text/plain; charset=nonsense"},
+    ]
+    tried = 0
+    for template, operations in paths.items():
+        path = re.sub(r"\{([^}]+)\}", lambda m: params.get(m.group(1), "x"), template)
+        for method in operations:
+            for variant in variants:
+                for auth in ({"Authorization": f"Bearer {PASSWORD}"}, {}):
+                    for key in counters.keys("login:failures:*"):
+                        counters.delete(key)
+                    headers = {**auth, **variant.get("headers", {})}
+                    response = client.open(
+                        path,
+                        method=method.upper(),
+                        data=variant["data"],
+                        content_type=variant["content_type"],
+                        headers=headers,
+                    )
+                    tried += 1
+                    assert response.status_code < 500 or response.status_code == 503, (
+                        method,
+                        path,
+                        variant,
+                        response.get_data(as_text=True)[:300],
+                    )
+                    if response.status_code >= 400 and response.is_json:
+                        assert set(response.get_json()) == {"error"}
+    print(f"malformed-input classes: {tried} requests, 0 answered 5xx")
+    assert tried > 300

@@ -110,7 +110,11 @@ def _digest(token: str) -> str:
 def api_tokens(settings: Settings) -> list[dict]:
     """The API tokens made on the settings page: ids, names and dates, never the tokens."""
     data = _read_json(settings.paths.api_tokens_file)
-    return [{"id": k, "name": v.get("name", ""), "created": v.get("created")} for k, v in data.items()]
+    # A name stored before names were checked must not break a page: what cannot be shown is replaced.
+    return [
+        {"id": k, "name": str(v.get("name", "")).encode("utf-8", "replace").decode(), "created": v.get("created")}
+        for k, v in data.items()
+    ]
 
 
 def create_api_token(settings: Settings, name: str) -> tuple[str, str]:

@@ -45,8 +45,8 @@ def validate(settings: Settings, spec: DownloadSpec) -> DownloadSpec:
             raise BadInput(f"sha256: {exc}") from None
     if spec.size is not None and spec.size < 0:
         raise BadInput("size: must be a whole number of bytes")
-    url = netsafe.clean_url(spec.url)
     try:
+        url = netsafe.clean_url(spec.url)
         netsafe.check_url(url, settings.downloads_allow_private_hosts)
     except netsafe.UnsafeUrl as exc:
         raise BadInput(f"url: {exc}") from None

@@ -11,15 +11,21 @@ _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _SECRET_PARAMS = {"token", "access_token", "api_key", "apikey", "key"}
 
 
-def clean_url(url: str) -> str:
-    """The URL without credential query parameters: tokens come from settings, never from a stored URL."""
-    parts = urlsplit(url.strip())
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in _SECRET_PARAMS]
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
-
-
 class UnsafeUrl(ValueError):
     """The URL must not be fetched; the message says why."""
+
+
+def clean_url(url: str) -> str:
+    """The URL without credential query parameters: tokens come from settings, never from a stored URL.
+
+    Raises UnsafeUrl when it does not parse (`http://[::1/x`)."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - parsing the port is what raises on a bad one
+    except ValueError as exc:
+        raise UnsafeUrl(f"not a valid URL: {exc}") from None
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in _SECRET_PARAMS]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
 
 def _forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool) -> str | None:

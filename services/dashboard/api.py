@@ -9,6 +9,7 @@ from pathlib import Path
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request
+from gunicorn.http.errors import ParseException
 from pydantic import ValidationError
 
 from services.common import credentials, jobs, presets
@@ -27,7 +28,12 @@ STATUS_TTL = 1.0
 
 
 def body() -> dict:
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        raise BadInput("the JSON is nested too deeply: send a flat JSON object") from None
+    except (OSError, ParseException):  # the body itself is broken (gunicorn reads chunked encoding lazily)
+        raise BadInput("the request body is malformed (bad chunked encoding): send it again") from None
     if not isinstance(data, dict):
         raise BadInput("send a JSON object (Content-Type: application/json)")
     return data
@@ -274,8 +280,9 @@ def put_settings():
 def create_token():
     data = body()
     name = data.get("name", "")
-    if not isinstance(name, str) or not name.strip() or len(name) > 64:
-        raise BadInput("name: a label for the token, 1 to 64 characters")
+    # Printable text only: a control character or a lone surrogate would break every page showing it.
+    if not isinstance(name, str) or not name.strip() or len(name) > 64 or not name.isprintable():
+        raise BadInput("name: a label for the token, 1 to 64 printable characters")
     token_id, token = credentials.create_api_token(settings(), name.strip())
     response = jsonify(
         id=token_id, name=name.strip(), token=token, created=time.time(), note="shown once: store it now"

@@ -80,7 +80,10 @@ def same_origin() -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True  # not a browser: API clients send no Origin and carry no ambient cookie
-    return urlsplit(origin).netloc == request.host
+    try:
+        return urlsplit(origin).netloc == request.host
+    except ValueError:
+        return False  # an Origin that does not even parse names no page of ours
 
 
 def csrf_token() -> str:
