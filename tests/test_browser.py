@@ -47,10 +47,22 @@ def shot(page: Page, name: str, tmp_path: Path) -> None:
     page.screenshot(path=str(target / f"{name}.png"), full_page=True)
 
 
+def wait_js(page: Page, expression: str, timeout: float = 30) -> None:
+    """Poll an expression from outside the page: wait_for_function evaluates it inside, which the
+    dashboard's Content-Security-Policy (no eval) rightly refuses."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(100)
+
+
 def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     s = stack.settings
     base = f"http://127.0.0.1:{s.dashboard_port}"
     page.set_viewport_size({"width": 1280, "height": 860})
+    # The pages satisfy their Content-Security-Policy: the browser reports no violation anywhere below.
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
 
     # Log in; every service shows RUNNING.
     page.goto(base + "/")
@@ -77,10 +89,7 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     row = page.get_by_test_id("download-model.safetensors")
     expect(row).to_be_visible(timeout=15_000)
     expect(row.locator(".job-running")).to_be_visible(timeout=15_000)
-    page.wait_for_function(
-        "Number(document.querySelector('[data-testid=\"download-model.safetensors\"] progress')?.value) > 25",
-        timeout=30_000,
-    )
+    wait_js(page, "Number(document.querySelector('[data-testid=\"download-model.safetensors\"] progress')?.value) > 25")
     shot(page, "downloads", tmp_path)
     expect(row.locator("progress")).to_have_attribute("value", "100.0", timeout=60_000)
     expect(row.locator(".badge")).to_have_text("done")
@@ -111,7 +120,7 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
         {subtree: true, childList: true, characterData: true}); }""")
     old_pid = stack.states()["health"]["pid"]
     page.click("[data-testid=restart-health]")
-    page.wait_for_function("window.seen.some(s => s && s !== 'RUNNING')", timeout=30_000)
+    wait_js(page, "window.seen.some(s => s && s !== 'RUNNING')")
     expect(page.get_by_test_id("state-health")).to_have_text("RUNNING", timeout=30_000)
     assert stack.states()["health"]["pid"] != old_pid
     shot(page, "services", tmp_path)
@@ -158,3 +167,4 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     page.goto(base + "/")
     expect(page.get_by_test_id("state-worker")).to_have_text("RUNNING")
     shot(page, "overview-phone-dark", tmp_path)
+    assert violations == []

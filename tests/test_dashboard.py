@@ -651,3 +651,14 @@ def test_every_operation_survives_the_malformed_input_classes(stack):
                         assert set(response.get_json()) == {"error"}
     print(f"malformed-input classes: {tried} requests, 0 answered 5xx")
     assert tried > 300
+
+
+def test_security_headers_on_pages_and_api(stack, base, bearer):
+    session, _ = login(base)
+    for response in (session.get(f"{base}/presets"), requests.get(f"{base}/api/status", headers=bearer)):
+        headers = response.headers
+        csp = headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe" not in csp
+        assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Referrer-Policy"] == "same-origin"
+    assert 'rel="noopener noreferrer"' in session.get(f"{base}/presets").text

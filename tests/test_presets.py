@@ -112,6 +112,8 @@ files:
         (GOOD + "    sha256: abc123\n", 10, "files.0.sha256", "64 hexadecimal"),
         (GOOD.replace("    size: 1234\n", ""), 6, "files.0", "give `size`"),
         ("- just\n- a list\n", 1, None, "one mapping"),
+        (GOOD + "workflow: javascript:alert(1)\n", 10, "workflow", "must be an https:// link"),
+        (GOOD + "workflow: data:text/html,x\n", 10, "workflow", "must be an https:// link"),
         (GOOD.replace("files:", "files:\n  - ref: nope\nold:"), None, None, "Extra inputs"),
     ],
 )

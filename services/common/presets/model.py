@@ -102,6 +102,14 @@ class Preset(BaseModel):
     workflow: str | None = None
     licence: str | None = None
 
+    @field_validator("workflow")
+    @classmethod
+    def _https_link(cls, value: str | None) -> str | None:
+        # It becomes a link on the presets page: a `javascript:` or `data:` one would run in the dashboard.
+        if value is not None and not re.fullmatch(r"https://[^\s\"'<>]+", value):
+            raise ValueError("must be an https:// link to the workflow")
+        return value
+
     def resolved(self, shared: dict[str, ModelFile]) -> list[ModelFile]:
         out = []
         for item in self.files:
