@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import urllib3
 
@@ -72,21 +73,42 @@ class Opened:
 
 
 class Http:
+    """Connection pools pinned to checked addresses: one per (scheme, name, port, address)."""
+
     def __init__(self, allow_private: bool, read_timeout: float, connections: int) -> None:
         self.allow_private = allow_private
-        self.pool = urllib3.PoolManager(
-            num_pools=8,
-            maxsize=connections + 2,
-            retries=False,
-            timeout=urllib3.Timeout(connect=timeouts.DOWNLOAD_CONNECT, read=read_timeout),
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            # A bounded receive buffer: enough for a fast CDN link per connection, and little in flight to
-            # lose when the worker is killed (a resume fetches again only what was never written).
-            socket_options=[
-                *urllib3.connection.HTTPConnection.default_socket_options,
-                (socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER),
-            ],
-        )
+        self.maxsize = connections + 2
+        self.timeout = urllib3.Timeout(connect=timeouts.DOWNLOAD_CONNECT, read=read_timeout)
+        self.pools: dict[tuple[netsafe.Target, str], urllib3.HTTPConnectionPool] = {}
+        self.targets: dict[tuple, netsafe.Target] = {}  # one address per origin for this download
+        self._lock = threading.Lock()
+
+    def _pool(self, target: netsafe.Target, address: str) -> urllib3.HTTPConnectionPool:
+        with self._lock:
+            pool = self.pools.get((target, address))
+            if pool is None:
+                options = {
+                    "port": target.port,
+                    "maxsize": self.maxsize,
+                    "retries": False,
+                    "timeout": self.timeout,
+                    "headers": {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+                    # A bounded receive buffer: enough for a fast CDN link per connection, and little in flight
+                    # to lose when the worker is killed (a resume fetches again only what was never written).
+                    "socket_options": [
+                        *urllib3.connection.HTTPConnection.default_socket_options,
+                        (socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER),
+                    ],
+                }
+                if target.scheme == "https":
+                    # Connected to the address, spoken to as the name: SNI and the certificate check use it.
+                    pool = urllib3.HTTPSConnectionPool(
+                        address, server_hostname=target.host, assert_hostname=target.host, **options
+                    )
+                else:
+                    pool = urllib3.HTTPConnectionPool(address, **options)
+                self.pools[(target, address)] = pool
+            return pool
 
     def open(
         self,
@@ -94,20 +116,23 @@ class Http:
         headers: dict[str, str] | None = None,
         credential: Credential | None = None,
     ) -> Opened:
-        """GET `url`, following redirects one hop at a time; the body is left unread."""
+        """GET `url`, following redirects one hop at a time; the body is left unread.
+
+        Each hop is checked (scheme, user info, every address its name resolves to) and then connected to
+        the very address that was checked, so a name that answers differently the second time (DNS
+        rebinding) cannot steer the connection elsewhere."""
         first: dict[str, str] | None = None
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                netsafe.check_url(url, self.allow_private)
+                target = netsafe.check_url(url, self.allow_private, self.targets)
             except netsafe.UnsafeUrl as exc:
                 raise DownloadError(f"refused to connect to {shown(url)}: {exc}") from None
-            hop = dict(headers or {})
+            parts = urlsplit(url)
+            hop = {**(headers or {}), "Host": target.host_header}
             if credential:
                 hop.update(credential.headers_for(url))
-            try:
-                response = self.pool.request("GET", url, headers=hop, preload_content=False, redirect=False)
-            except urllib3.exceptions.HTTPError as exc:
-                raise TransientError(f"{shown(url)}: {type(exc).__name__}: {_reason(exc)}") from None
+            path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+            response = self._request(target, path, hop, url)
             if first is None:
                 first = {k.lower(): v for k, v in response.headers.items()}
             if response.status in (301, 302, 303, 307, 308) and "location" in response.headers:
@@ -118,6 +143,20 @@ class Http:
                 continue
             return Opened(response, url, first)
         raise DownloadError(f"more than {MAX_REDIRECTS} redirects from {shown(url)}")
+
+    def _request(self, target: netsafe.Target, path: str, headers: dict[str, str], url: str):
+        """One GET to the first checked address that takes the connection (as a client tries a name's
+        addresses in turn: `localhost` may answer ::1 first for a server on 127.0.0.1 only)."""
+        for address in target.addresses:
+            try:
+                return self._pool(target, address).urlopen(
+                    "GET", path, headers=headers, preload_content=False, redirect=False, assert_same_host=False
+                )
+            except urllib3.exceptions.NewConnectionError as exc:
+                failed = exc  # refused or unreachable: the next checked address, if any
+            except urllib3.exceptions.HTTPError as exc:
+                raise TransientError(f"{shown(url)}: {type(exc).__name__}: {_reason(exc)}") from None
+        raise TransientError(f"{shown(url)}: {type(failed).__name__}: {_reason(failed)}")
 
     def get_json(self, url: str, credential: Credential | None = None) -> object:
         opened = self.open(url, {"Accept": "application/json"}, credential)
