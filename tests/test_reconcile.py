@@ -115,3 +115,30 @@ def test_history_is_bounded(settings, redis_client):
     small = settings.model_copy(update={"downloads_history_max": 2})
     assert reconcile.run(small, redis_client, lambda _: None)["pruned"] == 3
     assert sorted(j.id for j in jobs.all_jobs(redis_client)) == [f"{3:016x}", f"{4:016x}"]
+
+
+def test_a_job_whose_writer_died_on_this_host_is_requeued_at_once(settings, redis_client):
+    """A killed worker restarted by supervisord: its job's heartbeat is fresh, but the lock names a dead
+    process of this host, so nobody will ever touch it again. Waiting for the heartbeat is not needed."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that existed and no longer runs
+    fresh = time.time()
+    orphan = DownloadJob(
+        id="a1" * 8, url="https://example.com/o", folder="vae", filename="o.bin", state="running", heartbeat=fresh
+    )
+    working = DownloadJob(
+        id="b1" * 8, url="https://example.com/w", folder="vae", filename="w.bin", state="running", heartbeat=fresh
+    )
+    for job in (orphan, working):
+        jobs.create(redis_client, job)
+    folder = settings.paths.models / "vae"
+    folder.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    (folder / "o.bin.lock").write_text(json.dumps({"owner": f"x:{orphan.id}", "host": host, "pid": gone.pid}))
+    (folder / "w.bin.lock").write_text(json.dumps({"owner": f"x:{working.id}", "host": host, "pid": os.getpid()}))
+    sent: list[str] = []
+    assert reconcile.run(settings, redis_client, sent.append)["requeued"] == 1
+    assert sent == [orphan.id] and jobs.get(redis_client, orphan.id).state == "queued"
+    assert jobs.get(redis_client, working.id).state == "running"

@@ -73,6 +73,8 @@ def _manifests(settings: Settings) -> list[Path]:
 
 
 def _stale(settings: Settings, job: DownloadJob, now: float) -> bool:
+    if job.filename and download.writer_died(settings.paths, job.folder, job.filename):
+        return True  # its worker was killed and restarted on this host: no need to wait for the heartbeat
     if now - (job.heartbeat or job.updated) < settings.downloads_heartbeat_stale:
         return False
     stale_after = settings.downloads_heartbeat_stale

@@ -11,7 +11,7 @@ sha256 are checked, fsynced, and renamed in one step.
 """
 
 from services.worker.download.context import Cancelled, Context, Outcome, Progress
-from services.worker.download.fetch import fetch, holder_of, target_path
+from services.worker.download.fetch import fetch, holder_of, target_path, writer_died
 from services.worker.download.lock import Busy
 from services.worker.download.manifest import Manifest, Segment
 
@@ -26,4 +26,5 @@ __all__ = [
     "fetch",
     "holder_of",
     "target_path",
+    "writer_died",
 ]

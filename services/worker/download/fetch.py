@@ -57,6 +57,16 @@ def holder_of(paths: Paths, folder: str, filename: str, stale_after: float) -> s
     return live_holder(WorkFiles(target).lock, stale_after)
 
 
+def writer_died(paths: Paths, folder: str, filename: str) -> bool:
+    """A lock left by a writer on this host that no longer runs (a killed worker): nobody is downloading
+    this file, whatever the job's last heartbeat says."""
+    try:
+        target = paths.model_file(folder, filename)
+    except ValueError:
+        return False
+    return Lock(WorkFiles(target).lock, "", 0).writer_died_here()
+
+
 def name_from_headers(headers: dict[str, str]) -> str | None:
     value = headers.get("content-disposition")
     if not value:

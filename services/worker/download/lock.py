@@ -68,6 +68,14 @@ class Lock:
             return True
         return age > self.stale_after
 
+    def writer_died_here(self) -> bool:
+        """The lock names a process on this host that is gone: its download stopped for good, now."""
+        try:
+            record = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return False
+        return record.get("host") == socket.gethostname() and not pid_alive(int(record.get("pid", 0)))
+
     def touch(self) -> None:
         with contextlib.suppress(OSError):
             os.utime(self.path)
