@@ -8,9 +8,11 @@ import signal
 import time
 
 import pytest
+import requests
 
 from services.common import bus, jobs, messages, queue
 from tests.helpers.procs import wait_for
+from tests.helpers.stack import PASSWORD
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,3 +46,41 @@ def test_a_killed_worker_process_is_resumed_without_waiting_for_its_heartbeat(st
     print(f"worker main process killed: the download was done {recovered:.1f} s later (default settings)")
     # Well under the heartbeat it used to wait for (a bound, not a benchmark: the figure is printed).
     assert recovered < settings.downloads_heartbeat_stale / 2
+
+
+def test_a_job_nobody_runs_says_it_is_waiting_for_a_worker(stack_factory, module_file_server):
+    """The worker stopped mid-download: the job's record still says "running" with frozen progress.
+    Once its heartbeat is silent, the API and the page say it waits for a worker, and since when."""
+    server = module_file_server
+    stack = stack_factory(DOWNLOADS_ALLOW_PRIVATE_HOSTS="1", DOWNLOADS_RESERVE_MB="0").start()
+    stack.wait_running()
+    settings = stack.settings
+    data = os.urandom(6 * MIB)
+    url = server.add("waiting.bin", data)
+    # One segment stalls: the job is still running when the worker stops.
+    server.fault("waiting.bin", stall_after=3 * MIB + 123_456, stall_seconds=60, stall_resume=True)
+    client = bus.connect(settings)
+    spec = messages.DownloadSpec(url=url, folder="checkpoints", filename="waiting.bin")
+    job, _ = jobs.submit(settings, client, spec, queue.download_sender(settings))
+    wait_for(lambda: (j := jobs.get(client, job.id)) and j.bytes_done >= 2 * MIB, 30, what="progress")
+    stack.rpc().supervisor.stopProcess("worker")
+    stopped_at = time.time()
+    base = f"http://127.0.0.1:{settings.dashboard_port}"
+    bearer = {"Authorization": f"Bearer {PASSWORD}"}
+
+    def seen() -> dict | None:
+        shown = requests.get(f"{base}/api/downloads/{job.id}", headers=bearer, timeout=5).json()
+        return shown if shown["waiting_since"] else None
+
+    shown = wait_for(seen, 60, what="the job shown as waiting")
+    assert shown["state"] in ("running", "verifying") and shown["waiting_since"] <= stopped_at + 1
+    assert shown["speed"] == 0.0 and shown["eta"] is None
+    assert jobs.get(client, job.id).waiting_since is None  # shown, never stored
+    session = requests.Session()
+    session.post(f"{base}/login", data={"password": PASSWORD})
+    assert "waiting for a worker since" in session.get(f"{base}/downloads").text
+    server.clear_faults()
+    stack.rpc().supervisor.startProcess("worker")
+    done = wait_for(lambda: (j := jobs.get(client, job.id)) and j.terminal and j, 120, what="the job's end")
+    assert done.state == "done", done.error
+    assert requests.get(f"{base}/api/downloads/{job.id}", headers=bearer, timeout=5).json()["waiting_since"] is None

@@ -75,6 +75,27 @@ def all_jobs(client: redis.Redis) -> list[DownloadJob]:
     return sorted(jobs, key=lambda j: j.created, reverse=True)
 
 
+# A running job's worker reports a few times a second; silent this long, nobody is running it right now
+# (a probe's connect can take up to 10 s, so less would cry wolf).
+SILENT_AFTER = 15.0
+
+
+def as_seen(job: DownloadJob, now: float | None = None) -> DownloadJob:
+    """The job as a person should see it: "running" with frozen progress is a lie once its worker went
+    silent, so say since when it has been waiting for one (the reconciler re-queues it meanwhile)."""
+    now = time.time() if now is None else now
+    heartbeat = job.heartbeat or job.updated
+    if job.state in ("running", "verifying") and now - heartbeat > SILENT_AFTER:
+        return job.model_copy(update={"waiting_since": heartbeat, "speed": 0.0, "eta": None})
+    return job
+
+
+def all_seen(client: redis.Redis) -> list[DownloadJob]:
+    """Every job, newest first, as a person should see it."""
+    now = time.time()
+    return [as_seen(job, now) for job in all_jobs(client)]
+
+
 def dedupe_name(job: DownloadJob) -> str:
     return job.filename or job.url
 

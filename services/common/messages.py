@@ -167,6 +167,8 @@ class DownloadJob(DownloadSpec):
     updated: float = Field(default_factory=time.time)
     finished: float | None = None
     heartbeat: float | None = None
+    # Set only when a job is shown (jobs.as_seen), never stored: a running job whose worker went silent.
+    waiting_since: float | None = None
 
     @property
     def terminal(self) -> bool:

@@ -168,7 +168,7 @@ def _job(job_id: str) -> dict:
     job = jobs.get(client(), job_id)
     if job is None:
         raise NotFound(f"no download {job_id!r}")
-    return job.model_dump()
+    return jobs.as_seen(job).model_dump()
 
 
 @bp.get("/downloads/<job_id>")

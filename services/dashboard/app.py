@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 
 from flask import Flask, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.warning("DASHBOARD_AUTH=off: anyone who reaches this port controls the stack")
     app.jinja_env.filters["size"] = _size
     app.jinja_env.filters["duration"] = _duration
+    app.jinja_env.filters["clock"] = lambda ts: time.strftime("%H:%M:%S", time.localtime(ts))
     app.session_interface = _SessionInterface()
     context.init_app(app, settings)
     auth.init_app(app, settings)

@@ -43,7 +43,7 @@ def logs(name: str = "comfyui"):
 
 @bp.get("/downloads")
 def downloads():
-    return _page("downloads.html", downloads=jobs.all_jobs(client()), folders=state.folders())
+    return _page("downloads.html", downloads=jobs.all_seen(client()), folders=state.folders())
 
 
 @bp.get("/presets")

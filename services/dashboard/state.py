@@ -172,4 +172,4 @@ def folders() -> list[str]:
 
 
 def downloads(client: redis.Redis) -> list[dict]:
-    return [j.model_dump() for j in jobs.all_jobs(client)]
+    return [j.model_dump() for j in jobs.all_seen(client)]

@@ -30,7 +30,7 @@ def snapshot_messages(settings: Settings, client: redis.Redis, html: bool) -> li
         services = state.services(settings)
     except Unavailable:
         services = []
-    downloads = jobs.all_jobs(client)
+    downloads = jobs.all_seen(client)
     health = state.health(client)
     preset_states = {
         k: v for k, v in bus.snapshot(client, messages.PresetState.kind).items() if isinstance(v, messages.PresetState)
@@ -63,7 +63,7 @@ def event_messages(settings: Settings, client: redis.Redis, event: messages.Even
     if isinstance(event, messages.DownloadProgress):
         return [render_template("partials/download_row.html", job=event.job, oob=True)]
     if isinstance(event, messages.DownloadEvent):
-        return [render_template("partials/downloads_rows.html", downloads=jobs.all_jobs(client), oob=True)]
+        return [render_template("partials/downloads_rows.html", downloads=jobs.all_seen(client), oob=True)]
     if isinstance(event, messages.PresetState):
         return [render_template("partials/preset_state.html", id=event.id, state=event.state, oob=True)]
     if isinstance(event, messages.HealthCheck | messages.HealthState):
