@@ -84,3 +84,45 @@ def test_a_job_nobody_runs_says_it_is_waiting_for_a_worker(stack_factory, module
     done = wait_for(lambda: (j := jobs.get(client, job.id)) and j.terminal and j, 120, what="the job's end")
     assert done.state == "done", done.error
     assert requests.get(f"{base}/api/downloads/{job.id}", headers=bearer, timeout=5).json()["waiting_since"] is None
+
+
+def test_sigterm_stops_the_stack_inside_dockers_grace_and_the_download_resumes(
+    stack_factory, module_file_server, tmp_path
+):
+    """What `docker stop` does: SIGTERM to PID 1 with a download running. Every process is gone well
+    inside Docker's default 10 s grace, and the next start (Redis empty, as after any restart) rebuilds
+    the job from its manifest and finishes it."""
+    import psutil
+
+    server = module_file_server
+    env = {"DOWNLOADS_ALLOW_PRIVATE_HOSTS": "1", "DOWNLOADS_RESERVE_MB": "0"}
+    first = stack_factory(**env).start()
+    first.wait_running()
+    settings = first.settings
+    data = os.urandom(8 * MIB)
+    url = server.add("stop.bin", data)
+    server.fault("stop.bin", stall_after=3 * MIB + 123_456, stall_seconds=60, stall_resume=True)
+    client = bus.connect(settings)
+    spec = messages.DownloadSpec(url=url, folder="checkpoints", filename="stop.bin")
+    job, _ = jobs.submit(settings, client, spec, queue.download_sender(settings))
+    wait_for(lambda: (j := jobs.get(client, job.id)) and j.bytes_done >= 2 * MIB, 30, what="progress")
+    tree = [first.proc.pid, *(p.pid for p in psutil.Process(first.proc.pid).children(recursive=True))]
+    begin = time.monotonic()
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.wait(30)
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in tree), 10)
+    stopped = time.monotonic() - begin
+    print(f"SIGTERM to every process gone: {stopped:.1f} s (download running)")
+    assert first.proc.returncode == 0
+    assert stopped < 10  # Docker's default grace; the figure above is what the README reports
+    server.clear_faults()
+
+    # The next start: the same workspace, a new (empty) Redis: the manifest on the volume is the record.
+    second = stack_factory(**env)
+    second.env["WORKSPACE"] = first.env["WORKSPACE"]
+    second.start()
+    second.wait_running()
+    again = bus.connect(second.settings)
+    done = wait_for(lambda: (j := jobs.get(again, job.id)) and j.terminal and j, 90, what="the resumed job")
+    assert done.state == "done" and done.resumed_from > 0, done
+    assert (second.settings.paths.models / "checkpoints" / "stop.bin").read_bytes() == data

@@ -11,6 +11,9 @@ from services.common.settings import Settings
 
 # Far above the longest download: past it, Redis hands a running task to a second worker.
 VISIBILITY_TIMEOUT = 12 * 3600
+# How long a stopping worker lets running tasks go on before it hands them back to the queue. A download
+# gains nothing from waiting (it resumes from its .part), and Docker's stop grace is 10 s for the stack.
+SOFT_SHUTDOWN = 1.0
 
 
 def celery_config(settings: Settings) -> dict:
@@ -28,7 +31,7 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_soft_shutdown_timeout": 5.0,
+        "worker_soft_shutdown_timeout": SOFT_SHUTDOWN,
         "worker_hijack_root_logger": False,
         "task_serializer": "json",
         "result_serializer": "json",
