@@ -53,16 +53,9 @@ def session_valid() -> bool:
     return store().valid(session.get("sid"), session.get("epoch"))
 
 
-def authenticate() -> str | None:
-    """How this request is authenticated: "session", "bearer", "open" (auth off), or None."""
-    if not current_app.config["AUTH_ENABLED"]:
-        return "open"
-    if session_valid():
-        return "session"
+def bearer_valid() -> bool:
     token = bearer_token()
-    if token and (password_matches(token) or credentials.api_token_valid(settings(), token)):
-        return "bearer"
-    return None
+    return bool(token) and (password_matches(token) or credentials.api_token_valid(settings(), token))
 
 
 def store() -> Store:
@@ -105,23 +98,27 @@ def _refused(message: str, status: int):
 def require_auth():
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    if current_app.config["AUTH_ENABLED"] and not session_valid():
+    # How the request is authenticated: "open" (auth off), "session", "bearer", or None.
+    how: str | None = None
+    if not current_app.config["AUTH_ENABLED"]:
+        how = "open"
+    elif session_valid():
+        how = "session"
+    else:
         # Guessing through `Authorization: Bearer` counts against the same limit as the login form, and
         # an address over it is refused everywhere, the right password included.
         try:
             client = redis_client()
             if _too_many(client):
                 return _refused("Too many failed logins: wait a few minutes.", 429)
-            how = authenticate()
-            if how is None and bearer_token() is not None:
+            if bearer_valid():
+                how = "bearer"
+            elif bearer_token() is not None:
                 _count_failure(client)
                 log.warning("failed bearer token from %s", _client_address())
         except (redis.RedisError, OSError):
             if bearer_token() is not None:  # without the counters, no guess is checked
                 return _refused("Redis is not answering: the stack is restarting it, try again shortly", 503)
-            how = None
-    else:
-        how = authenticate()
     wants_json = request.path.startswith("/api/") or request.path == "/ws"
     if how is None:
         if wants_json:
