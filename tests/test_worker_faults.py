@@ -17,28 +17,41 @@ from tests.helpers.stack import PASSWORD
 pytestmark = pytest.mark.timeout(300)
 
 MIB = 1024 * 1024
+ENV = {"DOWNLOADS_ALLOW_PRIVATE_HOSTS": "1", "DOWNLOADS_RESERVE_MB": "0"}  # everything else: the defaults
+
+
+def stalled_download(stack, server, name: str, size: int, stall_at: int, **fault: object):
+    """A download on `stack` whose server stalls at `stall_at` (inside a segment), running past `stall_at`
+    minus a MiB: returns the Redis client, the job and the file's bytes."""
+    data = os.urandom(size)
+    url = server.add(name, data)
+    server.fault(name, stall_after=stall_at + 123_456, stall_resume=True, **fault)
+    client = bus.connect(stack.settings)
+    spec = messages.DownloadSpec(url=url, folder="checkpoints", filename=name)
+    job, _ = jobs.submit(stack.settings, client, spec, queue.download_sender(stack.settings))
+    wait_for(lambda: (j := jobs.get(client, job.id)) and j.bytes_done >= stall_at - MIB, 30, what="progress")
+    return client, job, data
+
+
+def wait_end(client, job_id: str, timeout: float = 120):
+    return wait_for(lambda: (j := jobs.get(client, job_id)) and j.terminal and j, timeout, what="the job's end")
 
 
 def test_a_killed_worker_process_is_resumed_without_waiting_for_its_heartbeat(stack_factory, module_file_server):
     """kill -9 of the worker's main process mid-download: supervisord restarts it, and the reconciler
     sees the job's lock held by a dead process of this host. Before, the job waited for its 90 s
     heartbeat to go stale (122 s in all)."""
-    server = module_file_server
-    stack = stack_factory(DOWNLOADS_ALLOW_PRIVATE_HOSTS="1", DOWNLOADS_RESERVE_MB="0").start()
+    stack = stack_factory(**ENV).start()
     stack.wait_running()
     settings = stack.settings
     assert settings.downloads_heartbeat_stale == 90  # the default, on purpose
-    data = os.urandom(12 * MIB)
-    url = server.add("killed.bin", data)
-    server.fault("killed.bin", stall_after=7 * MIB + 123_456, stall_seconds=40, stall_resume=True, times=1)
-    client = bus.connect(settings)
-    spec = messages.DownloadSpec(url=url, folder="checkpoints", filename="killed.bin")
-    job, _ = jobs.submit(settings, client, spec, queue.download_sender(settings))
-    wait_for(lambda: (j := jobs.get(client, job.id)) and j.bytes_done >= 4 * MIB, 30, what="progress")
+    client, job, data = stalled_download(
+        stack, module_file_server, "killed.bin", 12 * MIB, 5 * MIB, stall_seconds=40, times=1
+    )
     main = stack.states()["worker"]["pid"]
     killed_at = time.monotonic()
     os.kill(main, signal.SIGKILL)
-    done = wait_for(lambda: (j := jobs.get(client, job.id)) and j.terminal and j, 120, what="the job's end")
+    done = wait_end(client, job.id)
     recovered = time.monotonic() - killed_at
     assert done.state == "done", done.error
     target = settings.paths.models / "checkpoints" / "killed.bin"
@@ -52,17 +65,11 @@ def test_a_job_nobody_runs_says_it_is_waiting_for_a_worker(stack_factory, module
     """The worker stopped mid-download: the job's record still says "running" with frozen progress.
     Once its heartbeat is silent, the API and the page say it waits for a worker, and since when."""
     server = module_file_server
-    stack = stack_factory(DOWNLOADS_ALLOW_PRIVATE_HOSTS="1", DOWNLOADS_RESERVE_MB="0").start()
+    stack = stack_factory(**ENV).start()
     stack.wait_running()
     settings = stack.settings
-    data = os.urandom(6 * MIB)
-    url = server.add("waiting.bin", data)
     # One segment stalls: the job is still running when the worker stops.
-    server.fault("waiting.bin", stall_after=3 * MIB + 123_456, stall_seconds=60, stall_resume=True)
-    client = bus.connect(settings)
-    spec = messages.DownloadSpec(url=url, folder="checkpoints", filename="waiting.bin")
-    job, _ = jobs.submit(settings, client, spec, queue.download_sender(settings))
-    wait_for(lambda: (j := jobs.get(client, job.id)) and j.bytes_done >= 2 * MIB, 30, what="progress")
+    client, job, data = stalled_download(stack, server, "waiting.bin", 6 * MIB, 3 * MIB, stall_seconds=60)
     stack.rpc().supervisor.stopProcess("worker")
     stopped_at = time.time()
     base = f"http://127.0.0.1:{settings.dashboard_port}"
@@ -81,31 +88,21 @@ def test_a_job_nobody_runs_says_it_is_waiting_for_a_worker(stack_factory, module
     assert "waiting for a worker since" in session.get(f"{base}/downloads").text
     server.clear_faults()
     stack.rpc().supervisor.startProcess("worker")
-    done = wait_for(lambda: (j := jobs.get(client, job.id)) and j.terminal and j, 120, what="the job's end")
+    done = wait_end(client, job.id)
     assert done.state == "done", done.error
     assert requests.get(f"{base}/api/downloads/{job.id}", headers=bearer, timeout=5).json()["waiting_since"] is None
 
 
-def test_sigterm_stops_the_stack_inside_dockers_grace_and_the_download_resumes(
-    stack_factory, module_file_server, tmp_path
-):
+def test_sigterm_stops_the_stack_inside_dockers_grace_and_the_download_resumes(stack_factory, module_file_server):
     """What `docker stop` does: SIGTERM to PID 1 with a download running. Every process is gone well
     inside Docker's default 10 s grace, and the next start (Redis empty, as after any restart) rebuilds
     the job from its manifest and finishes it."""
     import psutil
 
     server = module_file_server
-    env = {"DOWNLOADS_ALLOW_PRIVATE_HOSTS": "1", "DOWNLOADS_RESERVE_MB": "0"}
-    first = stack_factory(**env).start()
+    first = stack_factory(**ENV).start()
     first.wait_running()
-    settings = first.settings
-    data = os.urandom(8 * MIB)
-    url = server.add("stop.bin", data)
-    server.fault("stop.bin", stall_after=3 * MIB + 123_456, stall_seconds=60, stall_resume=True)
-    client = bus.connect(settings)
-    spec = messages.DownloadSpec(url=url, folder="checkpoints", filename="stop.bin")
-    job, _ = jobs.submit(settings, client, spec, queue.download_sender(settings))
-    wait_for(lambda: (j := jobs.get(client, job.id)) and j.bytes_done >= 2 * MIB, 30, what="progress")
+    _, job, data = stalled_download(first, server, "stop.bin", 8 * MIB, 3 * MIB, stall_seconds=60)
     tree = [first.proc.pid, *(p.pid for p in psutil.Process(first.proc.pid).children(recursive=True))]
     begin = time.monotonic()
     first.proc.send_signal(signal.SIGTERM)
@@ -118,11 +115,11 @@ def test_sigterm_stops_the_stack_inside_dockers_grace_and_the_download_resumes(
     server.clear_faults()
 
     # The next start: the same workspace, a new (empty) Redis: the manifest on the volume is the record.
-    second = stack_factory(**env)
+    second = stack_factory(**ENV)
     second.env["WORKSPACE"] = first.env["WORKSPACE"]
     second.start()
     second.wait_running()
     again = bus.connect(second.settings)
-    done = wait_for(lambda: (j := jobs.get(again, job.id)) and j.terminal and j, 90, what="the resumed job")
+    done = wait_end(again, job.id)
     assert done.state == "done" and done.resumed_from > 0, done
     assert (second.settings.paths.models / "checkpoints" / "stop.bin").read_bytes() == data
