@@ -47,6 +47,7 @@ def settings(tmp_path: Path, run_dir: Path, redis_server: RedisServer) -> Settin
         comfyui_python=VENV_PYTHON,
         comfyui_listen="127.0.0.1",
         comfyui_port=free_port(),
+        comfyui_internal_port=free_port(),
         dashboard_port=free_port(),
         health_port=free_port(),
     )

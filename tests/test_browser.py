@@ -168,3 +168,26 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     expect(page.get_by_test_id("state-worker")).to_have_text("RUNNING")
     shot(page, "overview-phone-dark", tmp_path)
     assert violations == []
+
+
+def test_opening_comfyui_leads_through_the_login_page_and_back(page: Page, stack):
+    """ComfyUI's own port: no session, so its front door shows the login page for this host, then
+    returns to the very page that was asked for."""
+    s = stack.settings
+    comfyui = f"http://127.0.0.1:{s.comfyui_port}"
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(comfyui + "/?workflow=mine")
+    expect(page).to_have_url(comfyui + "/_frontdoor/login?next=%2F%3Fworkflow%3Dmine")
+    expect(page.locator("p.hint").first).to_contain_text("behind the dashboard's login")
+    page.fill("#password", "wrong")
+    page.click("button[type=submit]")
+    expect(page.get_by_role("alert")).to_have_text("Wrong password.")
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(comfyui + "/?workflow=mine")
+    expect(page).to_have_title("ComfyUI")
+    # The page's own requests ride on the cookie of this host: ComfyUI's API answers them.
+    stats = page.evaluate("fetch('/system_stats').then(r => r.json())")
+    assert stats["system"]["comfyui_version"]
+    assert violations == []

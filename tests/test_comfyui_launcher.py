@@ -11,8 +11,9 @@ import time
 import urllib.request
 
 import pytest
+from pydantic import SecretStr
 
-from services.comfyui.launcher import build_argv, model_path_configs
+from services.comfyui.launcher import build_argv, environment, model_path_configs
 from services.startup.__main__ import run_steps
 from tests.helpers.procs import REPO, VENV_PYTHON, wait_for
 
@@ -27,6 +28,7 @@ def launch(settings, **extra: str) -> subprocess.Popen:
             "COMFYUI_PYTHON": str(settings.comfyui_python),
             "COMFYUI_LISTEN": "127.0.0.1",
             "COMFYUI_PORT": str(settings.comfyui_port),
+            "COMFYUI_INTERNAL_PORT": str(settings.comfyui_internal_port),
             "STANDIN_STARTUP_SECONDS": "0.2",
             **extra,
         }
@@ -47,12 +49,36 @@ def test_argv_from_settings(settings):
     p = settings.paths
     assert argv[:2] == [str(settings.comfyui_python), str(settings.comfyui_dir / "main.py")]
     pairs = dict(zip(argv[2::2], argv[3::2], strict=False))
-    assert pairs["--listen"] == "127.0.0.1" and pairs["--port"] == str(settings.comfyui_port)
+    # Behind the front door: loopback, on the internal port.
+    assert pairs["--listen"] == "127.0.0.1" and pairs["--port"] == str(settings.comfyui_internal_port)
     assert pairs["--output-directory"] == str(p.output) and pairs["--user-directory"] == str(p.user)
     assert pairs["--database-url"] == f"sqlite:///{p.comfyui_database}"
     assert argv.count("--extra-model-paths-config") == 2
     assert "--cpu" in argv and argv[-2:] == ["--preview-method", "auto"]
     assert "--cpu" not in build_argv(settings, gpu=True, model_configs=[])
+    # FRONT_DOOR_OFF=comfyui: ComfyUI itself on the public address and port.
+    open_door = settings.model_copy(update={"front_door_off": "comfyui", "comfyui_listen": "0.0.0.0"})
+    pairs = dict(zip(*[iter(build_argv(open_door, gpu=True, model_configs=[])[2:])] * 2, strict=False))
+    assert pairs["--listen"] == "0.0.0.0" and pairs["--port"] == str(settings.comfyui_port)
+
+
+def test_comfyui_gets_no_secret_of_the_stack(settings):
+    inherited = {
+        "PATH": "/usr/bin",
+        "DASHBOARD_PASSWORD": "pw-sentinel",
+        "HF_TOKEN": "hf_sentinel",
+        "CIVITAI_TOKEN": "civ-sentinel",
+        "REDIS_URL": "redis://:redis-sentinel@example.com/0",
+        "SUPERVISOR_SERVER_URL": "unix:///run/supervisor.sock",
+        "RUN_DIR": "/run/x",
+    }
+    env = environment(settings, inherited)
+    assert env["PATH"] == "/usr/bin" and not any("sentinel" in v for v in env.values())
+    assert not {"SUPERVISOR_SERVER_URL", "RUN_DIR", "REDIS_URL"} & set(env)
+    # COMFYUI_SOURCE_TOKENS=on: the two source tokens, and only they, for custom nodes that download.
+    given = settings.model_copy(update={"comfyui_source_tokens": True, "hf_token": SecretStr("hf_sentinel")})
+    env = environment(given, inherited)
+    assert env["HF_TOKEN"] == "hf_sentinel" and "CIVITAI_TOKEN" not in env and "DASHBOARD_PASSWORD" not in env
 
 
 def test_a_bad_user_yaml_is_left_out(settings):
@@ -70,7 +96,7 @@ def test_launch_execs_comfyui_which_serves_the_volume(settings):
     (settings.paths.models / "loras" / "a.safetensors").write_bytes(b"1")
     proc = launch(settings)
     try:
-        url = f"http://127.0.0.1:{settings.comfyui_port}"
+        url = settings.comfyui_url
         loras = wait_for(lambda: json.loads(urllib.request.urlopen(f"{url}/models/loras", timeout=2).read()), 30)
         assert loras == ["a.safetensors"]
         # exec: the launcher's pid is now ComfyUI's.
@@ -85,13 +111,13 @@ def test_launch_execs_comfyui_which_serves_the_volume(settings):
 def test_a_taken_port_is_refused_before_comfyui_starts(settings):
     run_steps(settings)
     with socket.socket() as holder:
-        holder.bind(("127.0.0.1", settings.comfyui_port))
+        holder.bind(("127.0.0.1", settings.comfyui_internal_port))
         holder.listen()
         proc = launch(settings, STANDIN_STARTUP_SECONDS="10")
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1
-    assert f"port {settings.comfyui_port} on 127.0.0.1 is already in use" in out
-    assert "set COMFYUI_PORT to a free port" in out and "Traceback" not in out
+    assert f"port {settings.comfyui_internal_port} on 127.0.0.1 is already in use" in out
+    assert "set COMFYUI_INTERNAL_PORT to a free port" in out and "Traceback" not in out
     # ComfyUI itself was never started (it would have spent its start-up time first).
     assert "ComfyUI version" not in out
 
@@ -123,7 +149,7 @@ def test_comfyui_appearing_later_is_started(settings, tmp_path):
     try:
         time.sleep(1)
         (later / "main.py").write_text((settings.comfyui_dir / "main.py").read_text())
-        url = f"http://127.0.0.1:{settings.comfyui_port}/system_stats"
+        url = f"{settings.comfyui_url}/system_stats"
         wait_for(lambda: urllib.request.urlopen(url, timeout=2).status == 200, 30, what="ComfyUI started later")
     finally:
         proc.send_signal(signal.SIGINT)

@@ -128,8 +128,7 @@ def test_queued_download_lands_verified_and_comfyui_lists_it(stack, server, clie
     assert done.filename == "model.safetensors" and done.bytes_done == len(data)
     s = stack.settings
     assert (s.paths.models / "checkpoints" / "model.safetensors").read_bytes() == data
-    port = s.comfyui_port
-    listed = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/models/checkpoints", timeout=5).read())
+    listed = json.loads(urllib.request.urlopen(f"{s.comfyui_url}/models/checkpoints", timeout=5).read())
     assert "model.safetensors" in listed
     thread.join(10)
     assert [e.job.state for e in events][-1] == "done"

@@ -169,10 +169,23 @@ def test_live_stack_health(live):
         "redis",
         "worker",
         "dashboard",
+        "front_door",
         "comfyui",
         "gpu",
     }
     assert by_name(report)["comfyui"]["data"]["version"]
+    door = by_name(report)["front_door"]
+    assert door["status"] == "ok" and door["reason"] == "every port behind the login"
+    assert (
+        report["unprotected"] == []
+        and {"name": "comfyui", "port": s.comfyui_port, "protected": True} in (door["data"]["ports"])
+    )
+
+    # The front door stopped: its check fails (ComfyUI's port answers nothing), and passes once it is back.
+    stack.rpc().supervisor.stopProcess("front-door")
+    wait_check(stack, "front_door", "fail", "the front door does not answer")
+    stack.rpc().supervisor.startProcess("front-door")
+    wait_check(stack, "front_door", "ok")
 
     # Worker alive but not consuming (SIGSTOP): only a real task through the queue sees it.
     worker = stack.states()["worker"]["pid"]
@@ -216,7 +229,7 @@ def test_live_stack_health(live):
     wait_check(stack, "comfyui", "fail", "down")
     with socket.socket() as holder:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        holder.bind(("127.0.0.1", s.comfyui_port))
+        holder.bind(("127.0.0.1", s.comfyui_internal_port))
         holder.listen()
         try:
             stack.rpc().supervisor.startProcess("comfyui")

@@ -18,7 +18,7 @@ from tests.helpers.stack import PASSWORD
 
 pytestmark = pytest.mark.timeout(300)
 
-PROGRAMS = ("redis", "comfyui", "dashboard", "worker", "health")
+PROGRAMS = ("redis", "front-door", "comfyui", "dashboard", "worker", "health")
 
 
 def get_json(url: str, token: str | None = None) -> tuple[int, dict]:
@@ -43,11 +43,14 @@ def test_the_stack_runs_kills_and_stops(stack_factory):
     conf = (s.app_dir / "supervisord.conf").read_text()
     assert "[inet_http_server]" not in conf
 
-    # The ComfyUI stand-in was launched by the comfyui program with the flags we build.
+    # The ComfyUI stand-in was launched by the comfyui program with the flags we build; a script reaches
+    # it through the front door with the password as its bearer token.
     stats = wait_for(
-        lambda: get_json(f"http://127.0.0.1:{s.comfyui_port}/system_stats")[1], 30, what="ComfyUI stand-in"
+        lambda: get_json(f"http://127.0.0.1:{s.comfyui_port}/system_stats", PASSWORD)[1].get("system"),
+        30,
+        what="ComfyUI stand-in",
     )
-    argv = stats["system"]["argv"]
+    argv = stats["argv"]
     assert "--cpu" in argv and str(s.paths.extra_model_paths) in argv
     assert f"sqlite:///{s.paths.comfyui_database}" in argv
     # The program's own pid runs ComfyUI's main.py: the launcher exec'ed it, no Python parent is left.
@@ -56,7 +59,7 @@ def test_the_stack_runs_kills_and_stops(stack_factory):
 
     # A model placed on the volume is listed by ComfyUI through the generated extra_model_paths.yaml.
     (s.paths.models / "checkpoints" / "tiny.safetensors").write_bytes(b"x" * 10)
-    code, listed = get_json(f"http://127.0.0.1:{s.comfyui_port}/models/checkpoints")
+    code, listed = get_json(f"http://127.0.0.1:{s.comfyui_port}/models/checkpoints", PASSWORD)
     assert code == 200 and listed == ["tiny.safetensors"]
 
     # The dashboard refuses anonymous API calls and answers the password as a bearer token.

@@ -197,3 +197,23 @@ def test_base_directory_needs_custom_nodes(tmp_path):
     s.start()
     s.proc.communicate(timeout=20)
     assert s.proc.returncode == 1
+
+
+def test_uploads_the_page_and_comfyuis_origin_guard(standin, tmp_path):
+    import requests
+
+    url = standin.url
+    first = requests.post(url("/upload/image"), files={"image": ("a.png", b"one")}, timeout=10).json()
+    again = requests.post(url("/api/upload/image"), files={"image": ("a.png", b"two")}, timeout=10).json()
+    assert first == {"name": "a.png", "subfolder": "", "type": "input"} and again["name"] == "a (1).png"
+    assert (tmp_path / "input" / "a (1).png").read_bytes() == b"two"
+    assert requests.post(url("/upload/image"), data={"x": "1"}, timeout=10).status_code == 400
+    outside = {"image": ("b.png", b"x")}
+    assert (
+        requests.post(url("/upload/image"), files=outside, data={"subfolder": "../.."}, timeout=10).status_code == 400
+    )
+    page = requests.get(url("/"), timeout=10)
+    assert page.status_code == 200 and "<title>ComfyUI</title>" in page.text and requests.get(url("/api/")).ok
+    # Like ComfyUI: a cross-site browser request, or a foreign Origin on a loopback Host, is a bare 403.
+    assert requests.get(url("/queue"), headers={"Sec-Fetch-Site": "cross-site"}, timeout=10).status_code == 403
+    assert requests.post(url("/prompt"), json={}, headers={"Origin": "http://evil.example"}).status_code == 403

@@ -64,6 +64,7 @@ def test_layout_config_and_secrets_on_first_run(settings):
         "model_paths",
         "manager_config",
         "redis_config",
+        "front_door",
         "secrets",
     ]
     assert json.loads(paths.startup_report.read_text())["total_ms"] == report["total_ms"]
@@ -83,7 +84,11 @@ def test_redis_config_has_no_tcp_port_and_persists_nothing(tmp_path, run_dir):
     conf = (run_dir / "redis.conf").read_text()
     assert "port 0" in conf and f"unixsocket {run_dir}/redis.sock" in conf
     assert 'save ""' in conf and "appendonly no" in conf
-    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    # Others may pass through to the front door's folder (nginx's unprivileged workers) but not list it;
+    # the sockets inside keep their own modes.
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o711
+    assert stat.S_IMODE((run_dir / "door").stat().st_mode) == 0o750
+    assert "unixsocketperm 700" in conf
 
 
 def test_generated_password_is_printed_once(tmp_path, run_dir):

@@ -8,9 +8,10 @@ import signal
 import sys
 import threading
 
-from services.comfyui.launcher import build_argv, environment, model_path_configs, port_taken
+from services.comfyui.launcher import address, build_argv, environment, model_path_configs
 from services.common import gpu, service
 from services.common.comfyui import missing
+from services.common.ports import port_taken
 from services.common.settings import inherited_environment
 
 log = logging.getLogger("comfyui")
@@ -32,13 +33,13 @@ def main() -> int:
         if stop.is_set():
             return 0
         log.info("ComfyUI found in %s: starting it", settings.comfyui_dir)
-    if port_taken(settings.comfyui_listen, settings.comfyui_port):
-        log.error(
-            "port %d on %s is already in use: stop what holds it or set COMFYUI_PORT to a free port",
-            settings.comfyui_port,
-            settings.comfyui_listen,
-        )
+    host, port = address(settings)
+    if port_taken(host, port):
+        variable = "COMFYUI_PORT" if settings.door_open("comfyui") else "COMFYUI_INTERNAL_PORT"
+        log.error("port %d on %s is already in use: stop what holds it or set %s to a free port", port, host, variable)
         return 1
+    if settings.door_open("comfyui"):
+        log.warning("FRONT_DOOR_OFF=comfyui: ComfyUI listens on %s:%d with no login in front of it", host, port)
     configs, notes = model_path_configs(settings)
     for note in notes:
         log.warning("%s", note)
@@ -49,6 +50,8 @@ def main() -> int:
         log.info("no NVIDIA GPU (%s): starting ComfyUI with --cpu", report.error or "none found")
     argv = build_argv(settings, gpu=bool(report.gpus), model_configs=configs)
     log.info("exec %s", " ".join(argv))
+    if settings.comfyui_source_tokens:
+        log.info("COMFYUI_SOURCE_TOKENS=on: ComfyUI's custom nodes can read HF_TOKEN and CIVITAI_TOKEN")
     sys.stderr.flush()
     os.execve(argv[0], argv, environment(settings, inherited_environment()))
     return 0  # not reached

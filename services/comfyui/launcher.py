@@ -1,28 +1,11 @@
-"""Plain functions of the launcher: is ComfyUI there, is its port free, what argv it gets."""
+"""Plain functions of the launcher: what argv and what environment ComfyUI gets."""
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
 
-from services.common import modelpaths
+from services.common import modelpaths, supervisor
 from services.common.settings import Settings
-
-
-def port_taken(host: str, port: int) -> bool:
-    """ComfyUI only finds a taken port after its whole start-up (~14 s), so we look first."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # Same option as ComfyUI's server, so a socket in TIME_WAIT does not count as taken.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return True
-            raise
-    return False
 
 
 def model_path_configs(settings: Settings) -> tuple[list[str], list[str]]:
@@ -40,15 +23,26 @@ def model_path_configs(settings: Settings) -> tuple[list[str], list[str]]:
     return files, notes
 
 
+def address(settings: Settings) -> tuple[str, int]:
+    """Where ComfyUI listens: loopback behind the front door, the public address only with FRONT_DOOR_OFF.
+
+    On loopback, ComfyUI-Manager also allows its install-from-URL and pip features (it refuses them on
+    a public address); the front door lets only logged-in users reach them."""
+    if settings.door_open("comfyui"):
+        return settings.comfyui_listen, settings.comfyui_port
+    return "127.0.0.1", settings.comfyui_internal_port
+
+
 def build_argv(settings: Settings, gpu: bool, model_configs: list[str]) -> list[str]:
     paths = settings.paths
+    host, port = address(settings)
     argv = [
         str(settings.comfyui_python),
         str(settings.comfyui_dir / "main.py"),
         "--listen",
-        settings.comfyui_listen,
+        host,
         "--port",
-        str(settings.comfyui_port),
+        str(port),
         "--output-directory",
         str(paths.output),
         "--input-directory",
@@ -69,14 +63,25 @@ def build_argv(settings: Settings, gpu: bool, model_configs: list[str]) -> list[
 
 
 def environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]:
-    """ComfyUI's environment: pip installs by custom nodes go to the volume and are read back after a restart.
+    """ComfyUI's environment: nothing of the control plane's, and pip installs by custom nodes go to the
+    volume and are read back after a restart.
+
+    Every custom node runs inside ComfyUI and can read its environment: the stack's settings (the
+    dashboard password, REDIS_URL with its password, the source tokens) and supervisord's variables are
+    taken out. HF_TOKEN and CIVITAI_TOKEN stay only with COMFYUI_SOURCE_TOKENS=on.
 
     The folder on PYTHONPATH holds only a sitecustomize that appends the volume's packages after the
     venv's own, so nothing installed at run time can shadow torch or the frontend.
     """
     paths = settings.paths
     site_dir = str(settings.app_dir / "config" / "comfyui-site")
-    env = dict(inherited)
+    env = supervisor.without_control_plane(settings, inherited)
+    if settings.comfyui_source_tokens:
+        for name, secret in (("HF_TOKEN", settings.hf_token), ("CIVITAI_TOKEN", settings.civitai_token)):
+            if secret is not None:
+                env[name] = secret.get_secret_value()
+    # Read by huggingface_hub in custom nodes: a mirror set for the stack is theirs too (not a secret).
+    env["HF_ENDPOINT"] = settings.hf_endpoint
     env["PYTHONPATH"] = os.pathsep.join(p for p in (site_dir, inherited.get("PYTHONPATH", "")) if p)
     env["COMFYUI_PACKAGES"] = str(paths.python_packages)
     env["PIP_TARGET"] = str(paths.python_packages)

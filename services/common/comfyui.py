@@ -65,11 +65,11 @@ def _get(url: str, timeout: float) -> tuple[int, bytes]:
 def probe(settings: Settings, timeout: float = timeouts.COMFYUI_PROBE) -> Status:
     if not installed(settings):
         return Status("not_installed", f"no ComfyUI in {settings.comfyui_dir}")
-    base = f"http://127.0.0.1:{settings.comfyui_port}"
+    base = settings.comfyui_url
     try:
         status, body = _get(f"{base}/system_stats", timeout)
     except OSError as exc:
-        return Status("unreachable", f"ComfyUI does not answer on port {settings.comfyui_port}: {exc}")
+        return Status("unreachable", f"ComfyUI does not answer at {base}: {exc}")
     if status != 200:
         return Status("error", f"/system_stats answered {status}: see the comfyui log")
     try:

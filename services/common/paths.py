@@ -131,7 +131,7 @@ def check_folder(folder: str) -> str:
     return folder
 
 
-SERVICES: tuple[str, ...] = ("redis", "comfyui", "dashboard", "worker", "health")
+SERVICES: tuple[str, ...] = ("redis", "comfyui", "front-door", "dashboard", "worker", "health")
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,20 @@ class Paths:
     @property
     def redis_conf(self) -> Path:
         return self.run_dir / "redis.conf"
+
+    @property
+    def front_door(self) -> Path:
+        """The front door's folder: its config, pid file, temp files, and the dashboard's socket it talks to.
+        nginx's workers run unprivileged: this folder is the only part of RUN_DIR they may enter."""
+        return self.run_dir / "door"
+
+    @property
+    def nginx_conf(self) -> Path:
+        return self.front_door / "nginx.conf"
+
+    @property
+    def dashboard_socket(self) -> Path:
+        return self.front_door / "dashboard.sock"
 
     @property
     def supervisor_socket(self) -> Path:

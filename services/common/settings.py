@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import shlex
 from collections.abc import Mapping
@@ -16,7 +17,10 @@ from services.common.paths import Paths
 APP_DIR_DEFAULT = Path(__file__).resolve().parents[2]
 
 # Environment names that look like ours; an unknown one among them is probably a typo.
-_OUR_PREFIXES = ("COMFYUI_", "DASHBOARD_", "HEALTH_", "REDIS_", "LOG_", "WORKSPACE_", "DOWNLOADS_")
+_OUR_PREFIXES = ("COMFYUI_", "DASHBOARD_", "HEALTH_", "REDIS_", "LOG_", "WORKSPACE_", "DOWNLOADS_", "FRONT_DOOR_")
+
+# The web ports behind the front door; FRONT_DOOR_OFF may name any of them.
+DOOR_PORTS = ("comfyui", "jupyter", "code-server")
 
 
 class SettingsError(Exception):
@@ -55,8 +59,16 @@ class Settings(BaseModel):
         Path("/app/venv/bin/python"),
         description="The interpreter that runs ComfyUI: its own venv, apart from the control plane's.",
     )
-    comfyui_listen: str = Field("0.0.0.0", description="Address ComfyUI listens on.")
-    comfyui_port: int = _port("ComfyUI's HTTP and WebSocket port.", 8188)
+    comfyui_listen: str = Field(
+        "0.0.0.0", description="Address of ComfyUI's public port (the front door's, or ComfyUI's own when it is off)."
+    )
+    comfyui_port: int = _port("ComfyUI's public HTTP and WebSocket port, behind the dashboard's login.", 8188)
+    comfyui_internal_port: int = _port("Where ComfyUI itself listens, on 127.0.0.1 only, behind the front door.", 18188)
+    comfyui_source_tokens: bool = Field(
+        False,
+        description="Give ComfyUI HF_TOKEN and CIVITAI_TOKEN in its environment (for custom nodes that download"
+        " gated models themselves); off, no custom node can read them.",
+    )
     comfyui_args: str = Field("", description="Extra command-line flags for ComfyUI, shell-quoted.")
     comfyui_manager: bool = Field(
         True, description="Start ComfyUI with `--enable-manager` when its ComfyUI-Manager package is installed."
@@ -68,9 +80,22 @@ class Settings(BaseModel):
     devtools_dir: Path = Field(
         Path("/app/devtools"), description="JupyterLab and code-server of the dev image; absent elsewhere."
     )
-    jupyter_port: int = _port("JupyterLab's port (dev image), behind the dashboard password.", 8888)
-    code_server_port: int = _port("code-server's port (dev image), behind the dashboard password.", 8443)
-    dashboard_listen: str = Field("0.0.0.0", description="Address the dashboard listens on.")
+    jupyter_port: int = _port("JupyterLab's public port (dev image), behind the dashboard's login.", 8888)
+    jupyter_internal_port: int = _port("Where JupyterLab itself listens, on 127.0.0.1 only.", 18888)
+    code_server_port: int = _port("code-server's public port (dev image), behind the dashboard's login.", 8443)
+    code_server_internal_port: int = _port("Where code-server itself listens, on 127.0.0.1 only.", 18443)
+    front_door_off: str = Field(
+        "",
+        description="Ports left without the login, comma-separated: `comfyui`, `jupyter`, `code-server`"
+        " (a private network with its own auth). Warned at every start, shown on the overview and in `/ready`.",
+    )
+    front_door_trusted_proxies: str = Field(
+        "",
+        description="Addresses or CIDR ranges of proxies in front of this one (comma-separated): their"
+        " X-Forwarded-For names the client, for the login's rate limit. Empty: the connecting address counts.",
+    )
+    front_door_nginx: str = Field("nginx", description="The nginx binary that runs the front door.")
+    dashboard_listen: str = Field("0.0.0.0", description="Address of the dashboard's port and the dev tools' ports.")
     dashboard_port: int = _port("The dashboard's port (web pages, `/api`, `/ws`).", 8080)
     dashboard_password: SecretStr | None = Field(
         None,
@@ -199,6 +224,42 @@ class Settings(BaseModel):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("front_door_off")
+    @classmethod
+    def _door_names(cls, value: str) -> str:
+        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+        unknown = [n for n in names if n not in DOOR_PORTS]
+        if unknown:
+            raise ValueError(f"unknown port name {unknown[0]!r}: use {', '.join(DOOR_PORTS)}")
+        return ",".join(names)
+
+    @field_validator("front_door_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in (n.strip() for n in value.split(",")):
+            if item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"{item!r} is not an address or CIDR range (like 10.0.0.0/8)") from None
+        return value
+
+    def door_open(self, port: str) -> bool:
+        """True when this port is left without the login (FRONT_DOOR_OFF)."""
+        return port in self.front_door_off.split(",")
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return [n.strip() for n in self.front_door_trusted_proxies.split(",") if n.strip()]
+
+    @property
+    def comfyui_url(self) -> str:
+        """Where the stack itself reaches ComfyUI: past the front door, on loopback."""
+        if self.door_open("comfyui"):
+            host = "127.0.0.1" if self.comfyui_listen in ("0.0.0.0", "::") else self.comfyui_listen
+            return f"http://{host}:{self.comfyui_port}"
+        return f"http://127.0.0.1:{self.comfyui_internal_port}"
 
     @property
     def paths(self) -> Paths:

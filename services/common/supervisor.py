@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
-import socket
 import sys
 import xmlrpc.client
 from pathlib import Path
 
-from services.common.settings import Settings
+from services.common.settings import Settings, env_name
+from services.common.unixhttp import UnixConnection
 
 
 def config_file(settings: Settings) -> Path:
@@ -39,20 +38,22 @@ def environment(settings: Settings) -> dict[str, str]:
     }
 
 
+def without_control_plane(settings: Settings, inherited: dict[str, str]) -> dict[str, str]:
+    """A program's environment minus every setting of this stack and what supervisord and startup add.
+
+    For the programs that run other people's code (ComfyUI's custom nodes, the dev tools' terminals):
+    the dashboard password, REDIS_URL with its password and the source tokens stay with the stack."""
+    ours = {env_name(field) for field in Settings.model_fields} | set(environment(settings))
+    ours.discard("PYTHONUNBUFFERED")
+    return {
+        name: value
+        for name, value in inherited.items()
+        if name not in ours and not name.startswith(("SUPERVISOR_", "DASHBOARD_", "FRONT_DOOR_"))
+    }
+
+
 def _flag(value: bool) -> str:
     return "true" if value else "false"
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
 
 class _UnixTransport(xmlrpc.client.Transport):
@@ -64,7 +65,7 @@ class _UnixTransport(xmlrpc.client.Transport):
         self._timeout = timeout
 
     def make_connection(self, host):
-        return _UnixConnection(self._path, self._timeout)
+        return UnixConnection(self._path, self._timeout)
 
 
 def rpc(settings: Settings, timeout: float = 5.0) -> xmlrpc.client.ServerProxy:

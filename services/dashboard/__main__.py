@@ -21,7 +21,8 @@ class DashboardServer(BaseApplication):
     def load_config(self) -> None:
         s = self.settings
         options = {
-            "bind": f"{s.dashboard_listen}:{s.dashboard_port}",
+            # Only the front door (nginx) connects: it listens on the public port and passes requests here.
+            "bind": f"unix:{s.paths.dashboard_socket}",
             "workers": s.dashboard_workers,
             "worker_class": "gthread",
             # Each open WebSocket holds one thread for its whole life.

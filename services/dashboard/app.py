@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime
 import logging
+import socket
 import time
 
 from flask import Flask, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
-from services.common import credentials
+from services.common import credentials, door
 from services.common.settings import Settings, load_settings
 from services.dashboard import api, auth, context, pages, ws
 from services.dashboard.auth import error
@@ -51,6 +52,23 @@ class _SessionInterface(SecureCookieSessionInterface):
         return request.headers.get("X-Forwarded-Proto", request.scheme) == "https"
 
 
+class _BehindFrontDoor:
+    """Only our own nginx reaches the dashboard's unix socket: only its requests may say who the client
+    is (X-Real-IP, the address nginx saw, or the one a trusted proxy named) and that the page is served
+    under the front door's prefix on another port. From anywhere else those headers mean nothing."""
+
+    def __init__(self, wsgi_app) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        sock = environ.get("gunicorn.socket")
+        if sock is not None and sock.family == socket.AF_UNIX:
+            environ["REMOTE_ADDR"] = environ.get("HTTP_X_REAL_IP") or "unknown"
+            if environ.get("HTTP_X_FORWARDED_PREFIX") == door.PREFIX:
+                environ["SCRIPT_NAME"] = door.PREFIX
+        return self.wsgi_app(environ, start_response)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
@@ -63,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         AUTH_ENABLED=settings.dashboard_auth,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_NAME="comfyui_docker_session",
+        SESSION_COOKIE_NAME=door.COOKIE,
         PERMANENT_SESSION_LIFETIME=datetime.timedelta(days=7),
         MAX_CONTENT_LENGTH=256 * 1024,
     )
@@ -73,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.jinja_env.filters["duration"] = _duration
     app.jinja_env.filters["clock"] = lambda ts: time.strftime("%H:%M:%S", time.localtime(ts))
     app.session_interface = _SessionInterface()
+    app.wsgi_app = _BehindFrontDoor(app.wsgi_app)
     context.init_app(app, settings)
     auth.init_app(app, settings)
     app.register_blueprint(api.bp)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import redis
 from flask import Blueprint, Flask, current_app, g, jsonify, redirect, render_template, request, session, url_for
 
-from services.common import credentials, messages
+from services.common import credentials, door, messages
 from services.common.settings import Settings
 from services.dashboard.context import client as redis_client
 from services.dashboard.context import settings
@@ -26,7 +26,7 @@ log = logging.getLogger("dashboard.auth")
 bp = Blueprint("auth", __name__)
 
 # Reachable without credentials: the login form, static assets and a bare liveness route.
-PUBLIC_ENDPOINTS = {"auth.login", "livez", "static"}
+PUBLIC_ENDPOINTS = {"auth.login", "auth.front_door", "livez", "static"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 LOGIN_WINDOW = 300
 LOGIN_FAILURES = 10
@@ -115,7 +115,7 @@ def require_auth():
                 how = "bearer"
             elif bearer_token() is not None:
                 _count_failure(client)
-                log.warning("failed bearer token from %s", _client_address())
+                log.warning("wrong token in an Authorization header from %s", _client_address())
         except (redis.RedisError, OSError):
             if bearer_token() is not None:  # without the counters, no guess is checked
                 return _refused("Redis is not answering: the stack is restarting it, try again shortly", 503)
@@ -200,6 +200,56 @@ def safe_next(target: str) -> str:
     ):
         return "/"
     return target
+
+
+@bp.get(door.PREFIX + "/auth")
+def front_door():
+    """nginx asks here before every request to a protected port (ComfyUI, the dev tools).
+
+    204 lets the request through; 401 (no or wrong credentials, with X-Door-Login: where a browser
+    logs in) and 403 (X-Door-Reason: origin, locked, unavailable) refuse it. No body: nginx drops it,
+    and answers the client itself from the reason."""
+    if not current_app.config["AUTH_ENABLED"]:
+        return _door()
+    if session_valid():
+        return _door() if _from_this_site() else _door(403, "origin")
+    try:
+        client = redis_client()
+        if _too_many(client):
+            return _door(403, "locked")
+        if bearer_valid():
+            return _door()
+        if bearer_token() is not None:
+            _count_failure(client)
+            log.warning("wrong token in an Authorization header (front door) from %s", _client_address())
+    except (redis.RedisError, OSError):
+        if bearer_token() is not None:
+            return _door(403, "unavailable")
+    return _door(401, "login")
+
+
+def _door(status: int = 204, reason: str | None = None):
+    response = current_app.response_class(status=status)
+    if reason:
+        response.headers["X-Door-Reason"] = reason
+    if status == 401:
+        target = request.headers.get("X-Original-URI", "/")
+        response.headers["X-Door-Login"] = f"{door.PREFIX}/login?{urlencode({'next': target})}"
+    return response
+
+
+def _from_this_site() -> bool:
+    """A cookie rides along on every request the browser makes to this host, whichever page asked.
+
+    Refused: a state change or WebSocket whose Origin is another site, and anything but opening a
+    page (a link, a bookmark) that the browser says comes from another site or another pod."""
+    method = request.headers.get("X-Original-Method", "GET")
+    upgrade = request.headers.get("X-Original-Upgrade", "").lower() == "websocket"
+    if (method not in SAFE_METHODS or upgrade) and not same_origin():
+        return False
+    fetched_from = request.headers.get("Sec-Fetch-Site")
+    opening_a_page = method == "GET" and request.headers.get("Sec-Fetch-Mode") == "navigate"
+    return fetched_from not in ("cross-site", "same-site") or opening_a_page
 
 
 @bp.route("/logout", methods=["POST"])

@@ -16,7 +16,20 @@ import celery.exceptions
 import kombu.exceptions
 import redis
 
-from services.common import bus, comfyui, gpu, jobs, logs, messages, modelpaths, queue, supervisor, timeouts
+from services.common import (
+    bus,
+    comfyui,
+    door,
+    gpu,
+    jobs,
+    logs,
+    messages,
+    modelpaths,
+    queue,
+    supervisor,
+    timeouts,
+    unixhttp,
+)
 from services.common.files import write_error
 from services.common.paths import ALL_FOLDERS, SERVICES
 from services.common.settings import Settings
@@ -26,7 +39,7 @@ CHECK_TIMEOUT = 8.0
 # Checks whose failure means the control plane itself cannot act (liveness).
 LIVENESS = ("workspace", "redis", "supervisor")
 # Checks that must pass before the stack can do its job (readiness), besides liveness.
-READINESS = ("worker", "comfyui", "dashboard")
+READINESS = ("worker", "comfyui", "dashboard", "front_door")
 CRASH_LOOP_COUNT = 3
 CRASH_LOOP_WINDOW = 300.0
 
@@ -172,22 +185,46 @@ def _busy_downloads(settings: Settings) -> int:
     return sum(1 for j in running if time.time() - (j.heartbeat or 0) < 30)
 
 
-def _http_get(url: str, timeout: float) -> int:
+def _http_get(url: str, timeout: float, headers: dict[str, str] | None = None) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URL we build
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:  # noqa: S310 - loopback URL we build
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
 
 
 def check_dashboard(settings: Settings) -> Result:
+    """The dashboard itself, on the socket the front door talks to."""
+    socket_path = str(settings.paths.dashboard_socket)
     try:
-        status = _http_get(f"http://127.0.0.1:{settings.dashboard_port}/livez", timeouts.HTTP_CHECK)
+        status = unixhttp.get_status(socket_path, "/livez", timeouts.HTTP_CHECK)
     except OSError as exc:
-        return Result("dashboard", "fail", f"dashboard does not answer on port {settings.dashboard_port}: {exc}")
+        return Result("dashboard", "fail", f"dashboard does not answer on {socket_path}: {exc}")
     if status != 200:
         return Result("dashboard", "fail", f"dashboard liveness answered {status}")
-    return Result("dashboard", "ok", f"answers on port {settings.dashboard_port}")
+    return Result("dashboard", "ok", "answers behind the front door")
+
+
+def check_front_door(settings: Settings) -> Result:
+    """nginx answers on every public port, and a request without credentials gets no further than it."""
+    ports = door.ports(settings)
+    data = {"ports": [p.as_dict() for p in ports], "unprotected": [p.name for p in ports if not p.protected]}
+    for p in door.served(settings):
+        address = door.listen_address(settings, p)
+        host = "127.0.0.1" if address in ("0.0.0.0", "::") else address
+        url = f"http://{host}:{p.public}" + ("/livez" if p.name == "dashboard" else "/")
+        try:
+            status = _http_get(url, timeouts.HTTP_CHECK, {"Accept": "application/json"})
+        except OSError as exc:
+            return Result("front_door", "fail", f"the front door does not answer on port {p.public}: {exc}", data=data)
+        if p.name != "dashboard" and status != 401:
+            reason = f"{p.title}'s port {p.public} answered {status} to a request without login (401 expected)"
+            return Result("front_door", "fail", reason, data=data)
+    reason = "every port behind the login"
+    if data["unprotected"]:
+        open_ports = ", ".join(f"{p.name} :{p.public}" for p in ports if not p.protected)
+        reason = f"no login on {open_ports} (FRONT_DOOR_OFF)"
+    return Result("front_door", "ok", reason, data=data)
 
 
 def check_comfyui(settings: Settings) -> Result:
@@ -234,6 +271,7 @@ CHECKS: dict[str, Callable[[Settings], Result]] = {
     "redis": check_redis,
     "worker": check_worker,
     "dashboard": check_dashboard,
+    "front_door": check_front_door,
     "comfyui": check_comfyui,
     "gpu": check_gpu,
 }
@@ -287,4 +325,8 @@ def overall(results: list[Result]) -> tuple[str, bool]:
 
 def report(results: list[Result]) -> dict:
     state, ready = overall(results)
-    return {"state": state, "ready": ready, "checks": [r.as_dict() for r in results]}
+    body = {"state": state, "ready": ready, "checks": [r.as_dict() for r in results]}
+    for r in results:
+        if r.name == "front_door" and "unprotected" in r.data:
+            body["unprotected"] = r.data["unprotected"]  # ports left without the login, in plain sight
+    return body

@@ -8,7 +8,7 @@ import os
 import shutil
 from string import Template
 
-from services.common import credentials, modelpaths
+from services.common import credentials, door, modelpaths
 from services.common.files import write_atomic, write_error
 from services.common.paths import ALL_FOLDERS, WORKSPACE_DIRS
 from services.common.settings import Settings
@@ -27,8 +27,10 @@ def prepare_run_dir(settings: Settings) -> list[str]:
     if len(str(settings.paths.supervisor_socket)) > 100:
         raise StepError(f"RUN_DIR={run_dir} is too long for unix sockets (limit ~100 bytes): use a shorter path")
     try:
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        run_dir.chmod(0o700)
+        # Others may pass through (nginx's unprivileged workers reach the front door's folder) but not
+        # list it; every socket and file inside carries its own mode.
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        run_dir.chmod(0o711)
     except OSError as exc:
         raise StepError(
             f"RUN_DIR={run_dir} cannot be created: {exc.strerror}. Point RUN_DIR at a writable folder."
@@ -126,6 +128,19 @@ def write_redis_config(settings: Settings) -> list[str]:
     return []
 
 
+def write_front_door_config(settings: Settings) -> list[str]:
+    """nginx.conf for every public web port, and a loud note for each port left without the login."""
+    try:
+        target = door.prepare(settings)
+        write_atomic(target, door.render(settings, door.nginx_log_level(settings.log_level)), 0o600)
+    except OSError as exc:
+        raise StepError(f"cannot write the front door's config in {settings.paths.front_door}: {exc.strerror}") from exc
+    return [
+        f"FRONT_DOOR_OFF: {p.title}'s port {p.public} has no login: anyone who reaches it controls {p.title}"
+        for p in door.unprotected(settings)
+    ]
+
+
 def ensure_secrets(settings: Settings) -> list[str]:
     paths = settings.paths
     notes = []
@@ -165,5 +180,6 @@ STEPS = (
     ("model_paths", write_model_paths),
     ("manager_config", write_manager_config),
     ("redis_config", write_redis_config),
+    ("front_door", write_front_door_config),
     ("secrets", ensure_secrets),
 )

@@ -24,13 +24,18 @@ class Stack:
         self.root = root
         self.run_dir = short_dir("cds-")
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("COMFYUI_", "DASHBOARD_", "REDIS_"))},
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("COMFYUI_", "DASHBOARD_", "REDIS_", "FRONT_DOOR_"))
+            },
             "WORKSPACE": str(root / "workspace"),
             "RUN_DIR": str(self.run_dir),
             "COMFYUI_DIR": str(STANDIN_DIR),
             "COMFYUI_PYTHON": str(VENV_PYTHON),
             "COMFYUI_LISTEN": "127.0.0.1",
             "COMFYUI_PORT": str(free_port()),
+            "COMFYUI_INTERNAL_PORT": str(free_port()),
             "DASHBOARD_LISTEN": "127.0.0.1",
             "DASHBOARD_PORT": str(free_port()),
             "DASHBOARD_PASSWORD": PASSWORD,
@@ -83,7 +88,9 @@ class Stack:
         return {info["name"]: info for info in self.rpc().supervisor.getAllProcessInfo()}
 
     def wait_running(
-        self, names: tuple[str, ...] = ("redis", "comfyui", "dashboard", "worker", "health"), timeout: float = 60
+        self,
+        names: tuple[str, ...] = ("redis", "front-door", "comfyui", "dashboard", "worker", "health"),
+        timeout: float = 60,
     ) -> dict[str, dict]:
         def all_running() -> dict | None:
             if self.proc and self.proc.poll() is not None:

@@ -2,7 +2,8 @@
 
 Faithful to the real ComfyUI 0.33 as docs/comfyui.md describes it: the port opens only when start-up
 is done, a taken port is found only after start-up (exit 1), SIGINT stops cleanly ("Stopped server"),
-SIGTERM kills at once, a bad extra_model_paths.yaml exits 1, every route answers at /path and /api/path,
+SIGTERM kills at once, a bad extra_model_paths.yaml exits 1, every route answers at /path and /api/path (the
+WebSocket and the page at / too), uploads go to the input folder, browsers from other sites get a 403,
 models are listed from the real folders. Test knobs (environment): STANDIN_STARTUP_SECONDS (start-up time, default 1),
 STANDIN_FAIL_STATUS (every HTTP route answers this status), STANDIN_STEP_SECONDS (time per node).
 """
@@ -19,6 +20,7 @@ import socket
 import struct
 import sys
 import time
+import urllib.parse
 import uuid
 import zlib
 from pathlib import Path
@@ -230,6 +232,22 @@ class Server:
                 await ws.send_str(json.dumps(message))
 
     # --- routes
+    @web.middleware
+    async def origin_middleware(self, request: web.Request, handler):
+        # ComfyUI's own guard (without --enable-cors-header): a browser request from another site is a
+        # bare 403, and on a loopback Host a foreign Origin is too.
+        if request.headers.get("Sec-Fetch-Site") == "cross-site":
+            return web.Response(status=403)
+        host, origin = request.headers.get("Host", ""), request.headers.get("Origin")
+        hostname = host.rsplit(":", 1)[0].strip("[]")
+        if origin and hostname in ("localhost", "127.0.0.1", "::1"):
+            parsed = urllib.parse.urlsplit(origin)
+            if (parsed.netloc if parsed.port else parsed.hostname) != (host if parsed.port else hostname):
+                return web.Response(status=403)
+        if request.method == "OPTIONS":
+            return web.Response()
+        return await handler(request)
+
     @web.middleware
     async def fail_middleware(self, request: web.Request, handler):
         if self.fail_status and request.path != "/ws":
@@ -543,6 +561,39 @@ class Server:
             return web.Response(status=404)
         return web.FileResponse(path)
 
+    async def index(self, request: web.Request) -> web.Response:
+        # The real one serves the frontend's index.html, never cached.
+        page = "<!doctype html><html><head><title>ComfyUI</title></head><body><div id='vue-app'></div></body></html>"
+        headers = {"Cache-Control": "no-store, must-revalidate", "Pragma": "no-cache", "Expires": "0"}
+        return web.Response(text=page, content_type="text/html", headers=headers)
+
+    async def upload_image(self, request: web.Request) -> web.Response:
+        # Like ComfyUI: multipart field `image`, optional `type` (input, default), `subfolder`, `overwrite`;
+        # a name already taken gets " (1)"; a path out of the folder or no file is a bare 400.
+        post = await request.post()
+        image = post.get("image")
+        if not isinstance(image, web.FileField) or not image.filename:
+            return web.Response(status=400)
+        kind = post.get("type") or "input"
+        root = {"output": self.output, "input": self.input}.get(str(kind), self.input)
+        subfolder = str(post.get("subfolder", ""))
+        folder = (root / os.path.normpath(subfolder)).resolve()
+        target = (folder / image.filename).resolve()
+        if os.path.commonpath((root.resolve(), target)) != str(root.resolve()):
+            return web.Response(status=400)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = image.filename
+        if str(post.get("overwrite", "")) not in ("true", "1"):
+            stem, ext = os.path.splitext(image.filename)
+            i = 1
+            while (folder / name).exists():
+                name = f"{stem} ({i}){ext}"
+                i += 1
+        with open(folder / name, "wb") as out:
+            while chunk := image.file.read(1 << 20):
+                out.write(chunk)
+        return web.json_response({"name": name, "subfolder": subfolder, "type": str(kind)})
+
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -558,7 +609,8 @@ class Server:
         return ws
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.fail_middleware])
+        # ComfyUI's --max-upload-size defaults to 100 MiB.
+        app = web.Application(middlewares=[self.origin_middleware, self.fail_middleware], client_max_size=100 << 20)
         routes = [
             ("GET", "/system_stats", self.system_stats),
             ("GET", "/queue", self.get_queue),
@@ -578,13 +630,15 @@ class Server:
             ("GET", "/features", self.features),
             ("GET", "/object_info", self.object_info),
             ("GET", "/view", self.view),
+            ("POST", "/upload/image", self.upload_image),
+            ("GET", "/ws", self.websocket),
+            ("GET", "/", self.index),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
             app.router.add_route(method, "/api" + path, handler)
         app.router.add_get("/api/jobs", self.api_jobs)
         app.router.add_get("/internal/logs/raw", self.logs_raw)
-        app.router.add_get("/ws", self.websocket)
         return app
 
 
