@@ -14,7 +14,7 @@ export COMFYUI_PYTHON ?= $(COMFYUI_DIR)/.venv/bin/python
 export COMFYUI_LISTEN ?= 127.0.0.1
 export DASHBOARD_LISTEN ?= 127.0.0.1
 
-DEBIAN_PACKAGES := redis-server
+DEBIAN_PACKAGES := redis-server nginx python3-venv
 TEST_PACKAGES := chromium openssl
 BENCH_PACKAGES := nginx-light aria2 curl wrk iptables iproute2 libnetfilter-queue-dev
 COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
@@ -49,6 +49,7 @@ bench: deps ## Benchmarks: print figures and ratios against the tools users woul
 	$(PY) bench/startup.py
 	$(PY) bench/presets.py
 	$(PY) bench/dashboard.py
+	$(PY) bench/frontdoor.py
 	$(PY) bench/downloads.py
 
 deps: system-deps $(VENV)/.installed

@@ -62,7 +62,7 @@ def latency(stack: Stack, cookie: str) -> dict[str, list[float]]:
         "cookie": (s.comfyui_port, {"Cookie": f"comfyui_docker_session={cookie}"}),
     }
     results: dict[str, list[float]] = {name: [] for name in paths}
-    for name, (port, headers) in paths.items():
+    for port, headers in paths.values():
         timed_gets(port, headers, 200)  # warm-up: connections, caches
     for _ in range(REQUESTS // BLOCK):
         for name, (port, headers) in paths.items():

@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=256 * 1024,
     )
     if not settings.dashboard_auth:
-        log.warning("DASHBOARD_AUTH=off: anyone who reaches this port controls the stack")
+        log.warning("DASHBOARD_AUTH=off: anyone who reaches the dashboard or ComfyUI controls the stack")
     app.jinja_env.filters["size"] = _size
     app.jinja_env.filters["duration"] = _duration
     app.jinja_env.filters["clock"] = lambda ts: time.strftime("%H:%M:%S", time.localtime(ts))

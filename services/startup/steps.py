@@ -156,7 +156,10 @@ def ensure_secrets(settings: Settings) -> list[str]:
     except OSError as exc:
         raise StepError(f"cannot write secrets under {paths.config}: {exc.strerror}") from exc
     if not settings.dashboard_auth:
-        notes.append("DASHBOARD_AUTH=off: the dashboard accepts anyone. Local development only")
+        notes.append(
+            "DASHBOARD_AUTH=off: the dashboard and every port behind the front door accept anyone."
+            " Local development only"
+        )
     return notes
 
 
