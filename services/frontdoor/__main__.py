@@ -19,6 +19,8 @@ from services.common.ports import port_taken
 
 log = logging.getLogger("front-door")
 
+SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+
 
 def orphans(pid_file: Path) -> list[int]:
     """nginx workers left by a master that was killed (kill -9, OOM): they keep the ports open.
@@ -58,7 +60,8 @@ def reap(pid_file: Path) -> None:
 
 def main() -> int:
     settings = service.start("front-door")
-    binary = shutil.which(settings.front_door_nginx)
+    # Debian puts nginx in /usr/sbin, which a user's PATH often lacks (host mode).
+    binary = shutil.which(settings.front_door_nginx) or shutil.which(settings.front_door_nginx, path=SBIN)
     if binary is None:
         log.error(
             "%s is not installed: the front door needs nginx (`make run` installs it; the image has it)",

@@ -217,9 +217,14 @@ def check_front_door(settings: Settings) -> Result:
             status = _http_get(url, timeouts.HTTP_CHECK, {"Accept": "application/json"})
         except OSError as exc:
             return Result("front_door", "fail", f"the front door does not answer on port {p.public}: {exc}", data=data)
-        if p.name != "dashboard" and status != 401:
-            reason = f"{p.title}'s port {p.public} answered {status} to a request without login (401 expected)"
-            return Result("front_door", "fail", reason, data=data)
+        if p.name == "dashboard" or status == 401:
+            continue
+        if status == 503:
+            # Still refusing, but every request: the dashboard that checks logins is not answering.
+            reason = f"{p.title}'s port {p.public} refuses every request: the login check does not answer"
+            return Result("front_door", "warn", reason, data=data)
+        reason = f"{p.title}'s port {p.public} answered {status} to a request without login (401 expected)"
+        return Result("front_door", "fail", reason, data=data)
     reason = "every port behind the login"
     if data["unprotected"]:
         open_ports = ", ".join(f"{p.name} :{p.public}" for p in ports if not p.protected)
