@@ -123,3 +123,66 @@ def test_sigterm_stops_the_stack_inside_dockers_grace_and_the_download_resumes(s
     done = wait_end(again, job.id)
     assert done.state == "done" and done.resumed_from > 0, done
     assert (second.settings.paths.models / "checkpoints" / "stop.bin").read_bytes() == data
+
+
+def test_after_a_redis_restart_the_worker_takes_new_jobs_while_a_download_runs(stack_factory, module_file_server):
+    """kill -9 of redis-server mid-download (supervisord restarts it at once). kombu 5.7 used to crash
+    the worker's consumer on the way (it then waited for the running download to end before taking
+    anything); now a second job starts and finishes while the first is still stalled."""
+    server = module_file_server
+    stack = stack_factory(**ENV).start()
+    stack.wait_running()
+    settings = stack.settings
+    client, first, data = stalled_download(stack, server, "long.bin", 8 * MIB, 3 * MIB, stall_seconds=60, times=1)
+    worker = stack.states()["worker"]["pid"]
+    os.kill(stack.states()["redis"]["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+    stack.wait_running(("redis",))
+    small = os.urandom(MIB)
+    client = bus.connect(settings)
+    spec = messages.DownloadSpec(url=server.add("after.bin", small), folder="loras", filename="after.bin")
+    second = wait_for(
+        lambda: jobs.submit(settings, client, spec, queue.download_sender(settings))[0], 30, what="Redis back"
+    )
+    done = wait_end(client, second.id, 60)
+    took = time.monotonic() - killed_at
+    assert done.state == "done", done.error
+    assert (settings.paths.models / "loras" / "after.bin").read_bytes() == small
+    print(f"Redis killed: a new job was done {took:.1f} s later, the first download still running (defaults)")
+    # The same worker process: its consumer reconnected instead of shutting the worker down.
+    assert stack.states()["worker"]["pid"] == worker
+    assert "Unrecoverable error" not in settings.paths.log_file("worker").read_text()
+    assert "left to the reconciler" in settings.paths.log_file("worker").read_text()
+    server.clear_faults()
+    target = settings.paths.models / "checkpoints" / "long.bin"
+    wait_for(lambda: target.exists(), 120, what="the first download finishing")
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_health_tells_a_busy_worker_that_consumes_from_one_that_does_not(stack_factory, module_file_server):
+    """Every pool process on a download (one, with WORKER_CONCURRENCY=1), so the no-op task cannot run:
+    the worker's main process must still answer on the broker. Stopped (SIGSTOP) while its download
+    goes on in the pool process, it is reported as not consuming."""
+    server = module_file_server
+    stack = stack_factory(**ENV, WORKER_CONCURRENCY="1", HEALTH_INTERVAL="1").start()
+    stack.wait_running()
+    settings = stack.settings
+    stalled_download(stack, server, "busy.bin", 8 * MIB, 3 * MIB, stall_seconds=60, times=1)
+
+    def worker_check(status: str, words: str):
+        def seen():
+            checks = requests.get(f"http://127.0.0.1:{settings.health_port}/ready", timeout=10).json()["checks"]
+            check = next((c for c in checks if c["name"] == "worker"), None)
+            return check if check and check["status"] == status and words in check["reason"] else None
+
+        return wait_for(seen, 60, 0.5, what=f"worker {status}: {words}")
+
+    worker_check("ok", "it consumes its queue")
+    main = stack.states()["worker"]["pid"]
+    os.kill(main, signal.SIGSTOP)
+    try:
+        worker_check("fail", "does not consume its queue")
+    finally:
+        os.kill(main, signal.SIGCONT)
+    worker_check("ok", "it consumes its queue")
+    server.clear_faults()

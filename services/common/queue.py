@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from services.common import messages
+from services.common import broker, messages
 from services.common.settings import Settings
 
 # Far above the longest download: past it, Redis hands a running task to a second worker.
@@ -14,11 +14,15 @@ VISIBILITY_TIMEOUT = 12 * 3600
 # How long a stopping worker lets running tasks go on before it hands them back to the queue. A download
 # gains nothing from waiting (it resumes from its .part), and Docker's stop grace is 10 s for the stack.
 SOFT_SHUTDOWN = 1.0
+# The one queue every task goes to (Celery's default name).
+QUEUE = "celery"
 
 
 def celery_config(settings: Settings) -> dict:
+    broker.register()
     return {
-        "broker_url": settings.celery_broker_url,
+        # The worker keeps consuming across a broker restart: see services/common/broker.py.
+        "broker_url": broker.broker_url(settings.celery_broker_url),
         "result_backend": settings.celery_broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {

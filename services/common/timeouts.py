@@ -21,5 +21,7 @@ COMFYUI_PROBE = 2.0
 HTTP_CHECK = 3.0
 # The no-op task's round trip through the queue (health's proof that the worker consumes).
 WORKER_PING = 5.0
+# The worker's main process answering a broadcast (remote control) while every pool process is busy.
+WORKER_INSPECT = 2.0
 # Opening a TCP connection to a download server (its reads have their own setting).
 DOWNLOAD_CONNECT = 10.0

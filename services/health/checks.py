@@ -164,16 +164,28 @@ def check_worker(settings: Settings, timeout: float = timeouts.WORKER_PING) -> R
         reply.forget()
     except celery.exceptions.TimeoutError:
         busy = _busy_downloads(settings)
-        if busy:
-            # Every worker process is on a download; their fresh heartbeats prove the worker consumes.
-            return Result("worker", "ok", f"busy: {busy} download(s) running, no process free for the no-op task")
-        return Result("worker", "fail", f"no worker took a no-op task within {timeout:.0f} s: see the worker log")
+        if not busy:
+            return Result("worker", "fail", f"no worker took a no-op task within {timeout:.0f} s: see the worker log")
+        # Every pool process is on a download. Fresh heartbeats prove the downloads run, not that the worker
+        # still takes jobs: its main process must answer on the broker and name the queue it consumes.
+        if _consuming(app):
+            return Result("worker", "ok", f"busy: {busy} download(s) running; it consumes its queue, new jobs wait")
+        reason = f"{busy} download(s) running, but the worker does not consume its queue: new jobs will not start"
+        return Result("worker", "fail", reason)
     except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
         return Result("worker", "fail", f"cannot reach the queue: {exc}")
     finally:
         app.close()
     rtt = (time.time() - sent) * 1000
     return Result("worker", "ok", f"no-op task round trip {rtt:.0f} ms", data={"round_trip_ms": rtt})
+
+
+def _consuming(app) -> bool:
+    try:
+        answers = app.control.inspect(timeout=timeouts.WORKER_INSPECT).active_queues() or {}
+    except (kombu.exceptions.OperationalError, redis.RedisError, OSError):
+        return False
+    return any(q.get("name") == queue.QUEUE for queues in answers.values() for q in queues)
 
 
 def _busy_downloads(settings: Settings) -> int:
