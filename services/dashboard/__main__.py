@@ -28,7 +28,8 @@ class DashboardServer(BaseApplication):
             # Each open WebSocket holds one thread for its whole life.
             "threads": s.dashboard_threads,
             "timeout": 60,
-            "graceful_timeout": 5,
+            # A stop (QUIT, see supervisord.conf) gives requests in flight a second, not five.
+            "graceful_timeout": 1,
             "control_socket_disable": True,
             "accesslog": None,
             "errorlog": "-",

@@ -114,10 +114,13 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     monitor = Monitor(settings)
     server = ThreadingHTTPServer(("127.0.0.1", settings.health_port), make_handler(monitor))
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.1,), name="http", daemon=True).start()
     log.info("serving /health and /ready on 127.0.0.1:%d", settings.health_port)
+    # The rounds run beside the main thread: a stop never waits for a check still in its timeout (a no-op
+    # task waits up to 5 s), so the health service is gone within a tenth of a second of SIGTERM.
+    threading.Thread(target=monitor.run_forever, args=(stop,), name="rounds", daemon=True).start()
     try:
-        monitor.run_forever(stop)
+        stop.wait()
     finally:
         server.shutdown()
         server.server_close()

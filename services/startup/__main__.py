@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
-import shutil
 import sys
 import time
-from pathlib import Path
 
 from services.common import service, supervisor
 from services.common.files import write_atomic
@@ -41,11 +40,10 @@ def run_steps(settings: Settings, t0_ns: int | None = None) -> dict:
 
 
 def supervisord_argv(settings: Settings) -> list[str]:
-    local = Path(sys.executable).with_name("supervisord")
-    binary = str(local) if local.exists() else shutil.which("supervisord")
-    if binary is None:
+    """supervisord through services.supervise, which makes it hear signals at once (see there)."""
+    if importlib.util.find_spec("supervisor") is None:
         raise StepError("supervisord is not installed: run `make run`, or pip install supervisor")
-    return [binary, "-n", "-c", str(supervisor.config_file(settings))]
+    return [sys.executable, "-m", "services.supervise", "-n", "-c", str(supervisor.config_file(settings))]
 
 
 def main(argv: list[str] | None = None) -> int:

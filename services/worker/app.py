@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -17,11 +18,23 @@ from services.worker import reconcile, runner
 log = logging.getLogger("worker")
 
 _JOB_ID = re.compile(r"[0-9a-f]{16}")
+MAX_CHILD_MEMORY_KIB = 300 * 1024
+
+
+def release_memory() -> None:
+    """Give the heap a download freed back to the system: glibc keeps freed memory for reuse, so a pool
+    process would otherwise stay at its largest size between downloads."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim this way
 
 
 def create_celery(settings: Settings) -> Celery:
     app = queue.client(settings, set_as_current=True)
     app.conf.worker_concurrency = settings.worker_concurrency
+    # A backstop: a pool process grown past this (KiB) is replaced by a fresh one after its task.
+    app.conf.worker_max_memory_per_child = MAX_CHILD_MEMORY_KIB
     clients: dict[int, object] = {}
 
     def client():
@@ -42,7 +55,10 @@ def create_celery(settings: Settings) -> Celery:
             log.error("ignored a download task with a malformed job id")
             return
         owner = f"{socket.gethostname()}:{os.getpid()}"
-        wait = runner.run(settings, client(), job_id, owner)
+        try:
+            wait = runner.run(settings, client(), job_id, owner)
+        finally:
+            release_memory()
         if wait is not None:
             raise self.retry(countdown=wait, max_retries=None)
 

@@ -1,0 +1,1 @@
+"""supervisord, woken by the signals it waits for (see __main__)."""
