@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import psutil
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -60,7 +61,7 @@ class Run:
     def bytes_done(self, job_id: str) -> int:
         try:
             found = jobs.get(bus.connect(self.stack.settings), job_id)
-        except Exception:  # noqa: BLE001 - Redis restarting: no figure yet
+        except (OSError, redis.RedisError):  # Redis restarting: no figure yet
             return -1
         return found.bytes_done if found else -1
 
