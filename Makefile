@@ -50,6 +50,7 @@ bench: deps ## Benchmarks: print figures and ratios against the tools users woul
 	$(PY) bench/presets.py
 	$(PY) bench/dashboard.py
 	$(PY) bench/frontdoor.py
+	$(PY) bench/faults.py
 	$(PY) bench/downloads.py
 
 deps: system-deps $(VENV)/.installed
