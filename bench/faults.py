@@ -89,6 +89,26 @@ def pool_child(stack: Stack, name: str) -> int:
     return wait_for(lambda: json.loads(lock.read_text())["pid"], 20, what="the lock")
 
 
+def pool_memory_around_a_download(run: Run, size: int) -> tuple[float, float]:
+    """The worker's largest pool process (MiB resident) before and after one download at full speed."""
+    stack = run.stack
+
+    def largest() -> float:
+        children = psutil.Process(stack.states()["worker"]["pid"]).children()
+        return max(p.memory_info().rss for p in children) / MIB
+
+    time.sleep(2)  # the pool settled after start
+    before = largest()
+    data = os.urandom(size)
+    s = stack.settings
+    client = bus.connect(s)
+    spec = messages.DownloadSpec(url=run.server.add("memory.bin", data), folder="checkpoints", filename="memory.bin")
+    job, _ = jobs.submit(s, client, spec, queue.download_sender(s))
+    run.finish(job, data)
+    time.sleep(1)
+    return before, largest()
+
+
 def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-faults-"))
     server = FileServer().start()
@@ -96,6 +116,7 @@ def main() -> int:
     rows: list[tuple[str, str, float]] = []
     try:
         stack = run.start()
+        memory = pool_memory_around_a_download(run, 512 * MIB)
         job, data = run.download("child.bin")
         os.kill(pool_child(stack, "child.bin"), signal.SIGKILL)
         rows.append(
@@ -159,6 +180,8 @@ def main() -> int:
     print("|---|---|---|")
     for fault, what, seconds in rows:
         print(f"| {fault} | {what} | {seconds:.1f} s |")
+    before, after = memory
+    print(f"\nLargest pool process, resident: {before:.1f} MiB before a 512 MiB download, {after:.1f} MiB after.")
     return 0
 
 
