@@ -664,3 +664,27 @@ def test_security_headers_on_pages_and_api(stack, base, bearer):
         assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
         assert headers["Referrer-Policy"] == "same-origin"
     assert 'rel="noopener noreferrer"' in session.get(f"{base}/presets").text
+
+
+def test_the_status_is_never_served_older_than_its_bound(stack, base, bearer):
+    """Each worker refreshes its cached overview in the background; a request never gets one older than
+    STATUS_MAX_AGE (it computes its own instead), and the ComfyUI section says when it was observed."""
+    from services.dashboard.api import STATUS_MAX_AGE
+
+    for _ in range(15):
+        asked = time.time()
+        body = requests.get(f"{base}/api/status", headers=bearer, timeout=30).json()
+        # Half a second of slack for the probe itself and this machine's scheduling.
+        assert asked - body["comfyui"]["observed_at"] <= STATUS_MAX_AGE + 0.5
+        time.sleep(0.4)
+    # ComfyUI frozen (SIGSTOP): a background refresh now hangs in its probe; a request does not get the
+    # last "ready" answer for as long as that lasts, but one that says ComfyUI does not answer.
+    pid = stack.states()["comfyui"]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(STATUS_MAX_AGE + 1)
+        asked = time.time()
+        body = requests.get(f"{base}/api/status", headers=bearer, timeout=30).json()
+        assert body["comfyui"]["state"] == "unreachable" and body["comfyui"]["observed_at"] >= asked - 0.5
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -23,8 +23,11 @@ from services.dashboard.context import client, send, settings
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
-# How old the overview may be before a request starts a refresh (pages get live changes by WebSocket).
+# How old the overview may be before a request starts a refresh (pages get live changes by WebSocket),
+# and the oldest one ever served: past it, the request computes a fresh one itself (each gunicorn worker
+# has its own cache; neither may hand out a stale one, even while a refresh hangs).
 STATUS_TTL = 1.0
+STATUS_MAX_AGE = 2.0
 
 
 def body() -> dict:
@@ -83,11 +86,14 @@ def openapi():
 class _StatusCache:
     """The overview costs RPCs, an HTTP call and NVML: it is refreshed at most once a second per worker,
     in the background, while requests get the last one at once (pages get live changes over the
-    WebSocket, so a second-old overview is fine). Only the first request ever waits."""
+    WebSocket, so a second-old overview is fine). A request waits only when there is none yet or the
+    last one is older than `max_age` (a refresh failed or hangs): then it computes its own."""
 
-    def __init__(self, settings: Settings, client: redis.Redis, ttl: float = STATUS_TTL) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, ttl: float = STATUS_TTL, max_age: float = STATUS_MAX_AGE
+    ) -> None:
         self.settings, self.client = settings, client
-        self.ttl = ttl
+        self.ttl, self.max_age = ttl, max_age
         self.body: bytes | None = None
         self.at = 0.0
         self.refreshing = False
@@ -107,14 +113,13 @@ class _StatusCache:
 
     def get(self) -> bytes:
         with self.lock:
-            fresh = self.body is not None and time.monotonic() - self.at <= self.ttl
-            if fresh or (self.body is not None and self.refreshing):
+            age = time.monotonic() - self.at if self.body is not None else None
+            if age is not None and age <= self.max_age:
+                if age > self.ttl and not self.refreshing:
+                    self.refreshing = True
+                    threading.Thread(target=self._refresh, daemon=True).start()
                 return self.body
-            if self.body is not None:
-                self.refreshing = True
-                threading.Thread(target=self._refresh, daemon=True).start()
-                return self.body
-        # Nothing yet: compute it in this request (errors reach the caller as 503).
+        # None yet, or too old to serve: compute it in this request (errors reach the caller as 503).
         body = json.dumps(state.status(self.settings, self.client)).encode()
         with self.lock:
             self.body, self.at = body, time.monotonic()

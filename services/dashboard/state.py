@@ -80,7 +80,8 @@ def log_tail(settings: Settings, name: str, lines: int) -> list[str]:
 
 
 def comfyui(settings: Settings) -> dict:
-    return comfyui_status.probe(settings).as_dict()
+    # When it was asked: a reader can tell a fresh answer from a remembered one.
+    return {**comfyui_status.probe(settings).as_dict(), "observed_at": time.time()}
 
 
 def host(settings: Settings) -> dict:
