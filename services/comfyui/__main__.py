@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from services.comfyui.launcher import address, build_argv, environment, model_path_configs
+from services.comfyui.launcher import address, build_argv, environment, model_path_configs, rotate_node_trace
 from services.common import gpu, service
 from services.common.comfyui import missing
 from services.common.ports import port_taken
@@ -49,6 +49,7 @@ def main() -> int:
     else:
         log.info("no NVIDIA GPU (%s): starting ComfyUI with --cpu", report.error or "none found")
     argv = build_argv(settings, gpu=bool(report.gpus), model_configs=configs)
+    rotate_node_trace(settings)
     log.info("exec %s", " ".join(argv))
     if settings.comfyui_source_tokens:
         log.info("COMFYUI_SOURCE_TOKENS=on: ComfyUI's custom nodes can read HF_TOKEN and CIVITAI_TOKEN")

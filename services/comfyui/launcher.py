@@ -87,4 +87,17 @@ def environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]
     env["PIP_TARGET"] = str(paths.python_packages)
     if settings.comfyui_constraints.is_file():
         env["PIP_CONSTRAINT"] = str(settings.comfyui_constraints)
+    # Where its sitecustomize records each custom node before importing it (services/common/nodes.py).
+    env["COMFYUI_NODE_TRACE"] = str(paths.node_trace)
+    env["COMFYUI_NODE_DIRS"] = os.pathsep.join((str(paths.custom_nodes), str(settings.comfyui_dir / "custom_nodes")))
     return env
+
+
+def rotate_node_trace(settings: Settings) -> None:
+    """Keep the last start's trace (a node that killed it is its last line) and begin an empty one."""
+    paths = settings.paths
+    try:
+        paths.node_trace.replace(paths.node_trace_before)
+    except FileNotFoundError:
+        pass
+    paths.node_trace.write_bytes(b"")

@@ -260,6 +260,16 @@ class Paths:
         return self.front_door / "dashboard.sock"
 
     @property
+    def node_trace(self) -> Path:
+        """Custom nodes in the order ComfyUI began importing them, this start (written by its sitecustomize)."""
+        return self.run_dir / "comfyui-nodes.trace"
+
+    @property
+    def node_trace_before(self) -> Path:
+        """The same for the start before: its last line names a node that ended the process."""
+        return self.run_dir / "comfyui-nodes.trace.1"
+
+    @property
     def supervisor_socket(self) -> Path:
         return self.run_dir / "supervisor.sock"
 

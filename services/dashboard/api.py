@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
 from pydantic import ValidationError
 
-from services.common import credentials, jobs, presets
+from services.common import credentials, jobs, nodes, presets
 from services.common.errors import BadInput, NotFound, Problem
 from services.common.messages import DownloadSpec
 from services.common.settings import Settings, check_token
@@ -130,6 +130,12 @@ class _StatusCache:
 def status():
     cache = current_app.extensions.setdefault("status_cache", _StatusCache(settings(), client()))
     return Response(cache.get(), mimetype="application/json")
+
+
+@bp.get("/comfyui/nodes")
+def comfyui_nodes():
+    """Each custom node's outcome at ComfyUI's last start (services/common/nodes.py)."""
+    return jsonify(nodes.report(settings()).as_dict())
 
 
 @bp.get("/services")

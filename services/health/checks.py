@@ -25,6 +25,7 @@ from services.common import (
     logs,
     messages,
     modelpaths,
+    nodes,
     queue,
     supervisor,
     timeouts,
@@ -266,6 +267,21 @@ def check_comfyui(settings: Settings) -> Result:
     return Result("comfyui", "fail", reason, data={"state": "down"})
 
 
+def check_nodes(settings: Settings) -> Result:
+    """Custom nodes that failed to import at ComfyUI's last start, or one that ended a start."""
+    found = nodes.report(settings)
+    data = found.as_dict()
+    if found.killed_by and found.state != "loaded":
+        reason = f"custom node {found.killed_by.name} ended ComfyUI's last start while it was imported"
+        return Result("nodes", "warn", reason, data=data)
+    if found.failed:
+        named = ", ".join(f"{n.name} ({n.error})" for n in found.failed)
+        return Result("nodes", "warn", f"custom nodes that failed to import: {named}", data=data)
+    if found.state == "loaded":
+        return Result("nodes", "ok", f"{len(found.nodes)} custom node(s) loaded", data=data)
+    return Result("nodes", "ok", f"ComfyUI's start: {found.state}", data=data)
+
+
 def check_gpu(settings: Settings) -> Result:
     report = gpu.probe()
     if report.gpus:
@@ -290,6 +306,7 @@ CHECKS: dict[str, Callable[[Settings], Result]] = {
     "dashboard": check_dashboard,
     "front_door": check_front_door,
     "comfyui": check_comfyui,
+    "nodes": check_nodes,
     "gpu": check_gpu,
 }
 

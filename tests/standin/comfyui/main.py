@@ -3,7 +3,8 @@
 Faithful to the real ComfyUI 0.33 as docs/comfyui.md describes it: the port opens only when start-up
 is done, a taken port is found only after start-up (exit 1), SIGINT stops cleanly ("Stopped server"),
 SIGTERM kills at once, a bad extra_model_paths.yaml exits 1, every route answers at /path and /api/path (the
-WebSocket and the page at / too), uploads go to the input folder, browsers from other sites get a 403,
+WebSocket and the page at / too), uploads go to the input folder, browsers from other sites get a 403, custom nodes are
+loaded (and fail, and end the process) as ComfyUI loads them, with its log lines,
 models are listed from the real folders. Test knobs (environment): STANDIN_STARTUP_SECONDS (start-up time, default 1),
 STANDIN_FAIL_STATUS (every HTTP route answers this status), STANDIN_STEP_SECONDS (time per node).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -20,6 +22,7 @@ import socket
 import struct
 import sys
 import time
+import traceback
 import urllib.parse
 import uuid
 import zlib
@@ -642,6 +645,50 @@ class Server:
         return app
 
 
+def load_custom_node(path: str) -> bool:
+    """As ComfyUI's nodes.load_custom_node: the module executed from its file (a folder's __init__.py);
+    an exception is logged and start-up goes on; SystemExit or os._exit ends the process, unsaid."""
+    name = os.path.basename(path).removesuffix(".py")
+    try:
+        spec = importlib.util.spec_from_file_location(
+            name, path if os.path.isfile(path) else os.path.join(path, "__init__.py")
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        for node_class, cls in (getattr(module, "NODE_CLASS_MAPPINGS", None) or {}).items():
+            NODES[node_class] = {"inputs": {}, "output": bool(getattr(cls, "OUTPUT_NODE", False))}
+        return True
+    except Exception as exc:
+        log("[WARNING] " + traceback.format_exc())
+        log(f"[WARNING] Cannot import {path} module for custom nodes: {exc}")
+        return False
+
+
+def load_custom_nodes(folders: Folders) -> None:
+    """Every folder (with an __init__.py) or .py file under each custom_nodes path, timed, then ComfyUI's
+    table of import times, quickest first, failures marked."""
+    times = []
+    for root in folders.paths.get("custom_nodes", []):
+        if not os.path.isdir(root):
+            continue
+        for entry in sorted(os.listdir(root)):
+            path = os.path.join(root, entry)
+            if entry.startswith(".") or entry == "__pycache__" or entry.endswith(".disabled"):
+                continue
+            if os.path.isfile(path) and not entry.endswith(".py"):
+                continue
+            if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "__init__.py")):
+                continue
+            begin = time.perf_counter()
+            ok = load_custom_node(path)
+            times.append((time.perf_counter() - begin, path, ok))
+    log("[INFO] \nImport times for custom nodes:")
+    for seconds, path, ok in sorted(times):
+        log(f"[INFO] {seconds:6.1f} seconds{'' if ok else ' (IMPORT FAILED)'}: {path}")
+    log("[INFO] ")
+
+
 def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -699,7 +746,7 @@ def main() -> int:
     log("Device: " + ("cpu" if args.cpu else "cuda:0"))
     # Import of nodes and custom nodes: the port is not open yet.
     time.sleep(float(os.environ.get("STANDIN_STARTUP_SECONDS", "1")))
-    log("Import times for custom nodes:")
+    load_custom_nodes(folders)
     host = args.listen.split(",")[0]
     if not port_free(host, args.port):
         log(f"Port {args.port} is already in use")
