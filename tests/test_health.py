@@ -171,6 +171,7 @@ def test_live_stack_health(live):
         "dashboard",
         "front_door",
         "comfyui",
+        "nodes",
         "gpu",
     }
     assert by_name(report)["comfyui"]["data"]["version"]

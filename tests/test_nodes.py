@@ -110,7 +110,7 @@ def test_failed_imports_are_named_in_the_api_health_and_overview(stack):
     assert "Shout" in objects
 
 
-def test_a_node_that_ends_comfyui_silently_is_named_and_cleared_once_it_is_gone(stack):
+def test_a_node_that_ends_comfyui_silently_is_named_then_left_out_in_safe_mode(stack):
     s = stack.settings
     killer = s.paths.custom_nodes / "killer"
     write_node(killer.parent, "killer", "import os\nos._exit(0)\n")
@@ -125,22 +125,42 @@ def test_a_node_that_ends_comfyui_silently_is_named_and_cleared_once_it_is_gone(
         report = api(stack, "/api/comfyui/nodes").json()
         return report["killed_by"] and report["state"] != "loaded" and report
 
-    report = wait_for(named, 60, 0.3, what="the killer named")
+    report = wait_for(named, 60, 0.2, what="the killer named")
     assert report["killed_by"]["name"] == "killer" and report["killed_by"]["status"] == "ended the process"
-    check = wait_for(
-        lambda: "killer" in ready_check(stack, "nodes").get("reason", "") and ready_check(stack, "nodes"), 30
-    )
-    assert check["status"] == "warn" and "ended ComfyUI's last start" in check["reason"]
-    assert "killer</strong> ended ComfyUI's last start" in api(stack, "/").text
 
-    # The node removed: ComfyUI starts again and the report and health stop naming it.
+    # Two starts in a row ended at it: the next start leaves it out, and the other nodes load.
+    def in_safe_mode():
+        report = api(stack, "/api/comfyui/nodes").json()
+        return report["safe_mode"] and report["state"] == "loaded" and report
+
+    report = wait_for(in_safe_mode, 90, 0.3, what="safe mode")
+    assert report["safe_mode"]["node"] == "killer" and "2 times in a row" in report["safe_mode"]["error"]
+    assert {n["name"] for n in report["nodes"]} == {"good_node", "bad_import"}
+    stats = wait_for(lambda: requests.get(f"{s.comfyui_url}/system_stats", timeout=5).json(), 30)
+    argv = stats["system"]["argv"]
+    assert "--disable-all-custom-nodes" in argv and argv[argv.index("--whitelist-custom-nodes") + 1 :][:2] == [
+        "bad_import",
+        "good_node",
+    ]
+    check = wait_for(lambda: "safe mode" in (c := ready_check(stack, "nodes")).get("reason", "") and c, 30)
+    assert check["status"] == "warn" and "killer left out" in check["reason"]
+    assert 'data-testid="retry-all-nodes"' in api(stack, "/").text
+    log = s.paths.log_file("comfyui").read_text()
+    assert "starting again in" in log and "safe mode: custom node killer is left out" in log
+
+    # Fixed (here: removed), then "retry with all nodes": ComfyUI restarts with every node, health clears.
     for path in sorted(killer.rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     killer.rmdir()
-    try:
-        rpc.supervisor.stopProcess("comfyui")
-    except xmlrpc.client.Fault:
-        pass  # FATAL after its retries: already stopped
-    rpc.supervisor.startProcess("comfyui")
-    wait_for(lambda: api(stack, "/api/comfyui/nodes").json()["state"] == "loaded", 60, what="a clean start")
+    base = f"http://127.0.0.1:{s.dashboard_port}"
+    retried = requests.delete(f"{base}/api/comfyui/safe-mode", headers=BEARER, timeout=60)
+    assert retried.status_code == 200 and retried.json()["was_on"] is True, retried.text
+
+    def all_nodes_again():
+        report = api(stack, "/api/comfyui/nodes").json()
+        return report["state"] == "loaded" and report["safe_mode"] is None and report
+
+    wait_for(all_nodes_again, 60, what="all nodes again")
+    argv = requests.get(f"{s.comfyui_url}/system_stats", timeout=5).json()["system"]["argv"]
+    assert "--disable-all-custom-nodes" not in argv
     wait_for(lambda: "killer" not in ready_check(stack, "nodes").get("reason", "killer"), 30, what="health cleared")

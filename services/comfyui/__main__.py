@@ -9,7 +9,7 @@ import sys
 import threading
 
 from services.comfyui.launcher import address, build_argv, environment, model_path_configs, rotate_node_trace
-from services.common import gpu, service
+from services.common import gpu, safemode, service
 from services.common.comfyui import missing
 from services.common.ports import port_taken
 from services.common.settings import inherited_environment
@@ -33,6 +33,17 @@ def main() -> int:
         if stop.is_set():
             return 0
         log.info("ComfyUI found in %s: starting it", settings.comfyui_dir)
+    entries = safemode.record_previous_start(settings)
+    wait = safemode.backoff(entries)
+    if wait:
+        log.warning(
+            "ComfyUI's last %d start(s) ended before its custom nodes were loaded: starting again in %.0f s",
+            safemode.failed_in_a_row(entries),
+            wait,
+        )
+        if stop.wait(wait):
+            return 0
+    mode = safemode.decide(settings, entries)
     host, port = address(settings)
     if port_taken(host, port):
         variable = "COMFYUI_PORT" if settings.door_open("comfyui") else "COMFYUI_INTERNAL_PORT"
@@ -49,6 +60,15 @@ def main() -> int:
     else:
         log.info("no NVIDIA GPU (%s): starting ComfyUI with --cpu", report.error or "none found")
     argv = build_argv(settings, gpu=bool(report.gpus), model_configs=configs)
+    if mode is not None:
+        others = safemode.whitelist(settings, mode)
+        argv += ["--disable-all-custom-nodes", *(["--whitelist-custom-nodes", *others] if others else [])]
+        log.warning(
+            "safe mode: custom node %s is left out (it %s); the others load. Remove or fix it, or retry with"
+            " all nodes from the dashboard",
+            mode.node,
+            mode.error,
+        )
     rotate_node_trace(settings)
     log.info("exec %s", " ".join(argv))
     if settings.comfyui_source_tokens:

@@ -55,7 +55,7 @@ class Report:
         }
 
 
-def _tail(path: Path) -> str:
+def tail(path: Path) -> str:
     try:
         with open(path, "rb") as stream:
             stream.seek(max(0, os.path.getsize(path) - TAIL_BYTES))
@@ -64,7 +64,7 @@ def _tail(path: Path) -> str:
         return ""
 
 
-def _trace(path: Path) -> list[str]:
+def read_trace(path: Path) -> list[str]:
     try:
         return [line for line in path.read_text(errors="replace").splitlines() if line]
     except OSError:
@@ -85,6 +85,12 @@ def _errors(segment: list[str]) -> dict[str, tuple[str, str | None]]:
             found[failed.group(1)] = (failed.group(2), last_frame)
             last_frame = None
     return found
+
+
+def last_start(log: str) -> str | None:
+    """The log of the latest start (from the launcher's `exec` line on), or None."""
+    starts = [m.start() for m in START.finditer(log)]
+    return log[starts[-1] :] if starts else None
 
 
 def parse(log: str, trace: list[str], trace_before: list[str]) -> Report:
@@ -125,4 +131,4 @@ def parse(log: str, trace: list[str], trace_before: list[str]) -> Report:
 
 def report(settings: Settings) -> Report:
     paths = settings.paths
-    return parse(_tail(paths.log_file("comfyui")), _trace(paths.node_trace), _trace(paths.node_trace_before))
+    return parse(tail(paths.log_file("comfyui")), read_trace(paths.node_trace), read_trace(paths.node_trace_before))

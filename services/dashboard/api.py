@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
 from pydantic import ValidationError
 
-from services.common import credentials, jobs, nodes, presets
+from services.common import credentials, jobs, nodes, presets, safemode
 from services.common.errors import BadInput, NotFound, Problem
 from services.common.messages import DownloadSpec
 from services.common.settings import Settings, check_token
@@ -134,8 +134,17 @@ def status():
 
 @bp.get("/comfyui/nodes")
 def comfyui_nodes():
-    """Each custom node's outcome at ComfyUI's last start (services/common/nodes.py)."""
-    return jsonify(nodes.report(settings()).as_dict())
+    """Each custom node's outcome at ComfyUI's last start (services/common/nodes.py), and safe mode."""
+    mode = safemode.current(settings())
+    return jsonify({**nodes.report(settings()).as_dict(), "safe_mode": mode.as_dict() if mode else None})
+
+
+@bp.delete("/comfyui/safe-mode")
+def retry_all_nodes():
+    """Leave safe mode: ComfyUI restarts with every custom node."""
+    was_on = safemode.clear(settings())
+    state.control(settings(), "comfyui", "restart")
+    return jsonify(safe_mode=None, was_on=was_on, restarted="comfyui")
 
 
 @bp.get("/services")

@@ -11,7 +11,7 @@ import xmlrpc.client
 import psutil
 import redis
 
-from services.common import bus, door, gpu, jobs, logs, messages, nodes, supervisor, timeouts
+from services.common import bus, door, gpu, jobs, logs, messages, nodes, safemode, supervisor, timeouts
 from services.common import comfyui as comfyui_status
 from services.common.errors import NotFound, Unavailable
 from services.common.paths import ALL_FOLDERS, SERVICES, WORK_SUFFIXES, check_folder
@@ -138,8 +138,13 @@ def status(settings: Settings, client: redis.Redis) -> dict:
         "health": health_info,
         # Which public ports the front door guards: one left open (FRONT_DOOR_OFF) must be seen.
         "ports": [p.as_dict() for p in door.ports(settings)],
-        "nodes": nodes.report(settings).as_dict(),
+        "nodes": {**nodes.report(settings).as_dict(), "safe_mode": _safe_mode(settings)},
     }
+
+
+def _safe_mode(settings: Settings) -> dict | None:
+    mode = safemode.current(settings)
+    return mode.as_dict() if mode else None
 
 
 def models(settings: Settings, folder: str) -> list[dict]:

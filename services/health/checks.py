@@ -27,6 +27,7 @@ from services.common import (
     modelpaths,
     nodes,
     queue,
+    safemode,
     supervisor,
     timeouts,
     unixhttp,
@@ -270,7 +271,11 @@ def check_comfyui(settings: Settings) -> Result:
 def check_nodes(settings: Settings) -> Result:
     """Custom nodes that failed to import at ComfyUI's last start, or one that ended a start."""
     found = nodes.report(settings)
-    data = found.as_dict()
+    mode = safemode.current(settings)
+    data = {**found.as_dict(), "safe_mode": mode.as_dict() if mode else None}
+    if mode is not None:
+        reason = f"safe mode: custom node {mode.node} left out ({mode.error}); retry with all nodes on the dashboard"
+        return Result("nodes", "warn", reason, data=data)
     if found.killed_by and found.state != "loaded":
         reason = f"custom node {found.killed_by.name} ended ComfyUI's last start while it was imported"
         return Result("nodes", "warn", reason, data=data)

@@ -97,6 +97,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--extra-model-paths-config", nargs="+", action="append")
     p.add_argument("--database-url")
     p.add_argument("--disable-all-custom-nodes", action="store_true")
+    p.add_argument("--whitelist-custom-nodes", nargs="+", default=[])
     p.add_argument("--enable-manager", action="store_true")
     p.add_argument("--log-stdout", action="store_true")
     p.add_argument("--verbose", nargs="?", const="DEBUG")
@@ -665,7 +666,7 @@ def load_custom_node(path: str) -> bool:
         return False
 
 
-def load_custom_nodes(folders: Folders) -> None:
+def load_custom_nodes(folders: Folders, args: argparse.Namespace) -> None:
     """Every folder (with an __init__.py) or .py file under each custom_nodes path, timed, then ComfyUI's
     table of import times, quickest first, failures marked."""
     times = []
@@ -679,6 +680,9 @@ def load_custom_nodes(folders: Folders) -> None:
             if os.path.isfile(path) and not entry.endswith(".py"):
                 continue
             if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "__init__.py")):
+                continue
+            if args.disable_all_custom_nodes and entry not in args.whitelist_custom_nodes:
+                log(f"[INFO] Skipping {entry} due to disable_all_custom_nodes and whitelist_custom_nodes")
                 continue
             begin = time.perf_counter()
             ok = load_custom_node(path)
@@ -746,7 +750,7 @@ def main() -> int:
     log("Device: " + ("cpu" if args.cpu else "cuda:0"))
     # Import of nodes and custom nodes: the port is not open yet.
     time.sleep(float(os.environ.get("STANDIN_STARTUP_SECONDS", "1")))
-    load_custom_nodes(folders)
+    load_custom_nodes(folders, args)
     host = args.listen.split(",")[0]
     if not port_free(host, args.port):
         log(f"Port {args.port} is already in use")
