@@ -65,3 +65,25 @@ def test_the_tags_are_the_ones_we_build():
     bake = (REPO / "docker-bake.hcl").read_text()
     built = dict(re.findall(r'name\s*=\s*"(cu\d+)"[^}]*?version\s*=\s*"([\d.]+)"', bake, flags=re.S))
     assert {v: k for k, v in built.items()} == CUDA_TAGS
+
+
+def test_the_facts_of_this_machine_and_the_verdict_kept(settings, tmp_path):
+    from services.common import gpucheck
+    from services.common.gpu import Gpu, GpuReport
+
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    site = tmp_path / "venv" / "lib" / "python3.12" / "site-packages" / "torch"
+    site.mkdir(parents=True)
+    (site / "version.py").write_text("__version__ = '2.9.1+cu128'\ncuda: Optional[str] = '12.8'\n")
+    host = settings.model_copy(
+        update={"comfyui_python": tmp_path / "venv" / "bin" / "python", "comfyui_torch_build": tmp_path / "none"}
+    )
+    assert gpucheck.torch_facts(host) == ("12.8", None)  # host mode: read, not imported
+    recorded = tmp_path / "torch-build.json"
+    recorded.write_text('{"cuda": "13.0", "arch_list": ["sm_75", "sm_90", "sm_120"]}')
+    image = host.model_copy(update={"comfyui_torch_build": recorded, "image_variant": "full"})
+    assert gpucheck.torch_facts(image) == ("13.0", ["sm_75", "sm_90", "sm_120"])
+    h200 = Gpu(0, "NVIDIA H200", 141 << 30, 0, None, None, capability=(9, 0))
+    verdict = gpucheck.check(image, GpuReport(gpus=[h200], driver="550.54", cuda="12.4"))
+    assert verdict.status == "fail" and verdict.use_tag == "full-cu124"
+    assert gpucheck.last(image) == verdict

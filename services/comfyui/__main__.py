@@ -9,7 +9,7 @@ import sys
 import threading
 
 from services.comfyui.launcher import address, build_argv, environment, model_path_configs, rotate_node_trace
-from services.common import gpu, safemode, service
+from services.common import gpu, gpucheck, safemode, service
 from services.common.comfyui import missing
 from services.common.ports import port_taken
 from services.common.settings import inherited_environment
@@ -55,11 +55,19 @@ def main() -> int:
     for note in notes:
         log.warning("%s", note)
     report = gpu.probe()
-    if report.gpus:
-        log.info("GPU: %s", ", ".join(g.name for g in report.gpus))
-    else:
+    verdict = gpucheck.check(settings, report)
+    use_gpu = bool(report.gpus)
+    if not report.gpus:
         log.info("no NVIDIA GPU (%s): starting ComfyUI with --cpu", report.error or "none found")
-    argv = build_argv(settings, gpu=bool(report.gpus), model_configs=configs)
+    elif verdict.status == "fail":
+        # A mismatch would crash deep inside ComfyUI ("no kernel image"): say it once, run on the CPU.
+        log.error("%s ComfyUI starts on the CPU until then.", verdict.message)
+        use_gpu = False
+    else:
+        log.info("GPU: %s", ", ".join(g.name for g in report.gpus))
+        if verdict.status == "warn":
+            log.warning("%s", verdict.message)
+    argv = build_argv(settings, gpu=use_gpu, model_configs=configs)
     if mode is not None:
         others = safemode.whitelist(settings, mode)
         argv += ["--disable-all-custom-nodes", *(["--whitelist-custom-nodes", *others] if others else [])]

@@ -15,6 +15,7 @@ class Gpu:
     memory_used: int
     utilization: int | None
     temperature: int | None
+    capability: tuple[int, int] | None = None  # CUDA compute capability (major, minor)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +52,7 @@ def probe() -> GpuReport:
                     temperature=_optional(
                         lambda h=handle: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)
                     ),
+                    capability=_capability(handle),
                 )
             )
         return GpuReport(gpus=gpus, driver=driver, cuda=f"{cuda_raw // 1000}.{cuda_raw % 1000 // 10}")
@@ -61,6 +63,14 @@ def probe() -> GpuReport:
             pynvml.nvmlShutdown()
         except pynvml.NVMLError:
             pass
+
+
+def _capability(handle) -> tuple[int, int] | None:
+    try:
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+        return int(major), int(minor)
+    except pynvml.NVMLError:
+        return None
 
 
 def _optional(read):

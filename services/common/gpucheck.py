@@ -14,8 +14,11 @@ build's CUDA version and GPU architectures), so that tests can feed it every com
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass
+
+from services.common.files import write_atomic
 
 # The CUDA builds we publish (docker-bake.hcl; tests/test_docker.py keeps the two in step): CUDA
 # version -> the tag's suffix.
@@ -128,3 +131,44 @@ def preflight(
                     fix,
                 )
     return Verdict("ok", f"{names}: the driver (CUDA {driver_cuda}) and torch (CUDA {torch_cuda}) fit")
+
+
+# --- the facts of this machine, and the verdict kept for health and the dashboard -------------------
+
+
+def torch_facts(settings) -> tuple[str | None, list[str] | None]:
+    """(CUDA version, architecture flags) of the torch in ComfyUI's venv: the image build recorded both;
+    elsewhere the CUDA version is read from torch's version.py (importing torch would cost seconds)."""
+    try:
+        recorded = json.loads(settings.comfyui_torch_build.read_text())
+        return recorded.get("cuda"), recorded.get("arch_list") or None
+    except (OSError, ValueError, AttributeError):
+        pass
+    venv = settings.comfyui_python.parent.parent
+    for version_file in sorted(venv.glob("lib/python*/site-packages/torch/version.py")):
+        try:
+            found = re.search(r"^cuda\b[^=]*=\s*['\"]([\d.]+)['\"]", version_file.read_text(), re.M)
+        except OSError:
+            continue
+        return (found.group(1) if found else None), None
+    return None, None
+
+
+def check(settings, report) -> Verdict:
+    """The preflight for this machine (`report`: services.common.gpu.probe()), kept in the run dir."""
+    cuda, arches = torch_facts(settings)
+    gpus = [GpuFacts(g.name, g.capability) for g in report.gpus if g.capability]
+    if report.gpus and not gpus:
+        gpus = [GpuFacts(g.name, (0, 0)) for g in report.gpus]
+        arches = None  # capabilities unknown: the driver check alone
+    verdict = preflight(report.cuda, cuda, gpus, arches, settings.image_variant)
+    write_atomic(settings.run_dir / "gpu-preflight.json", json.dumps(verdict.as_dict()) + "\n")
+    return verdict
+
+
+def last(settings) -> Verdict | None:
+    """The verdict of ComfyUI's last start, or None before the first."""
+    try:
+        return Verdict(**json.loads((settings.run_dir / "gpu-preflight.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None

@@ -77,6 +77,14 @@ class Settings(BaseModel):
         Path("/app/constraints.txt"),
         description="pip constraints for custom nodes' installs (torch, the frontend): what a node may not change.",
     )
+    comfyui_torch_build: Path = Field(
+        Path("/app/torch-build.json"),
+        description="What the image build recorded of ComfyUI's torch (CUDA version, GPU architectures), for the"
+        " GPU preflight; without it (host mode) the CUDA version is read from the venv's torch.",
+    )
+    image_variant: str | None = Field(
+        None, description="Set by the image (minimal, standard, full, dev) for the tag the GPU preflight names."
+    )
     devtools_dir: Path = Field(
         Path("/app/devtools"), description="JupyterLab and code-server of the dev image; absent elsewhere."
     )

@@ -11,7 +11,7 @@ import xmlrpc.client
 import psutil
 import redis
 
-from services.common import bus, door, gpu, jobs, logs, messages, nodes, safemode, supervisor, timeouts
+from services.common import bus, door, gpu, gpucheck, jobs, logs, messages, nodes, safemode, supervisor, timeouts
 from services.common import comfyui as comfyui_status
 from services.common.errors import NotFound, Unavailable
 from services.common.paths import ALL_FOLDERS, SERVICES, WORK_SUFFIXES, check_folder
@@ -92,12 +92,15 @@ def host(settings: Settings) -> dict:
     except OSError:
         disk_info = None
     report = gpu.probe()
+    preflight = gpucheck.last(settings)
     return {
         "cpu": {"count": psutil.cpu_count(), "percent": psutil.cpu_percent(interval=None)},
         "memory": {"total": memory.total, "available": memory.available, "percent": memory.percent},
         "disk": disk_info,
         "gpus": [g.as_dict() for g in report.gpus],
         "gpu_note": report.error,
+        # The launcher's GPU preflight at ComfyUI's last start (a mismatch names the tag that fixes it).
+        "preflight": preflight.as_dict() if preflight else None,
     }
 
 

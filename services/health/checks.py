@@ -21,6 +21,7 @@ from services.common import (
     comfyui,
     door,
     gpu,
+    gpucheck,
     jobs,
     logs,
     messages,
@@ -289,6 +290,10 @@ def check_nodes(settings: Settings) -> Result:
 
 def check_gpu(settings: Settings) -> Result:
     report = gpu.probe()
+    verdict = gpucheck.last(settings)
+    if report.gpus and verdict is not None and verdict.status != "ok":
+        # The launcher's preflight: a driver or architecture mismatch, with the tag that fixes it.
+        return Result("gpu", verdict.status, verdict.message, data={"preflight": verdict.as_dict()})
     if report.gpus:
         first = report.gpus[0]
         return Result(
