@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from services.common import timeouts
+from services.common.errors import Unavailable
 from services.common.settings import Settings
 
 State = Literal["not_installed", "ready", "error", "unreachable"]
@@ -87,3 +88,66 @@ def _queue_remaining(base: str, timeout: float) -> int | None:
         return int(json.loads(body)["exec_info"]["queue_remaining"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+# --- ComfyUI's own work: its queue and its last prompts, and the two controls over them ------------
+
+RECENT = 10
+
+
+def _call(settings: Settings, method: str, path: str, payload: dict | None = None) -> bytes:
+    data = json.dumps(payload).encode() if payload is not None else None
+    url = settings.comfyui_url + path  # http on loopback, built here
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeouts.COMFYUI_PROBE) as response:  # noqa: S310
+            return response.read(8 << 20)
+    except urllib.error.HTTPError as exc:
+        raise Unavailable(f"ComfyUI answered {exc.code} to {method} {path}: see the comfyui log") from None
+    except OSError as exc:
+        raise Unavailable(f"ComfyUI is not answering ({exc}): it may be starting; see the services page") from None
+
+
+def _prompt(item: list) -> dict:
+    # A queue entry is [number, prompt_id, prompt, extra_data, outputs_to_execute].
+    return {"number": item[0], "prompt_id": item[1], "nodes": len(item[2]) if isinstance(item[2], dict) else None}
+
+
+def _finished(prompt_id: str, entry: dict) -> dict:
+    status = entry.get("status") or {}
+    times = {name: data.get("timestamp") for name, data in status.get("messages", []) if isinstance(data, dict)}
+    started, ended = times.get("execution_start"), times.get("execution_success") or times.get("execution_error")
+    error = next(
+        (data.get("exception_message") for name, data in status.get("messages", []) if name == "execution_error"),
+        None,
+    )
+    images = sum(len(out.get("images", [])) for out in (entry.get("outputs") or {}).values() if isinstance(out, dict))
+    return {
+        "prompt_id": prompt_id,
+        "status": status.get("status_str", "unknown"),
+        "started": started / 1000 if started else None,
+        "seconds": (ended - started) / 1000 if started and ended else None,
+        "error": error,
+        "images": images,
+    }
+
+
+def work(settings: Settings) -> dict:
+    """The prompts running and waiting, and the last ones finished, newest first. Raises Unavailable."""
+    queue = json.loads(_call(settings, "GET", "/queue"))
+    history = json.loads(_call(settings, "GET", f"/history?max_items={RECENT}"))
+    return {
+        "running": [_prompt(item) for item in queue.get("queue_running", [])],
+        "pending": [_prompt(item) for item in sorted(queue.get("queue_pending", []), key=lambda i: i[0])],
+        "recent": [_finished(pid, entry) for pid, entry in reversed(list(history.items()))],
+    }
+
+
+def interrupt(settings: Settings) -> None:
+    """Stop the prompt that runs now (ComfyUI's own interrupt); the queue goes on."""
+    _call(settings, "POST", "/interrupt", {})
+
+
+def clear_queue(settings: Settings) -> None:
+    """Drop every waiting prompt; the running one finishes."""
+    _call(settings, "POST", "/queue", {"clear": True})

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
 from pydantic import ValidationError
 
-from services.common import credentials, jobs, nodes, presets, safemode
+from services.common import comfyui, credentials, jobs, nodes, presets, safemode
 from services.common.errors import BadInput, NotFound, Problem
 from services.common.messages import DownloadSpec
 from services.common.settings import Settings, check_token
@@ -137,6 +137,24 @@ def comfyui_nodes():
     """Each custom node's outcome at ComfyUI's last start (services/common/nodes.py), and safe mode."""
     mode = safemode.current(settings())
     return jsonify({**nodes.report(settings()).as_dict(), "safe_mode": mode.as_dict() if mode else None})
+
+
+@bp.get("/comfyui/queue")
+def comfyui_queue():
+    """ComfyUI's own work: prompts running and waiting, and the last ones with status, time and error."""
+    return jsonify(comfyui.work(settings()))
+
+
+@bp.post("/comfyui/interrupt")
+def comfyui_interrupt():
+    comfyui.interrupt(settings())
+    return jsonify(interrupted=True)
+
+
+@bp.post("/comfyui/queue/clear")
+def comfyui_clear_queue():
+    comfyui.clear_queue(settings())
+    return jsonify(cleared=True)
 
 
 @bp.delete("/comfyui/safe-mode")

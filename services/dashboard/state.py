@@ -142,7 +142,16 @@ def status(settings: Settings, client: redis.Redis) -> dict:
         # Which public ports the front door guards: one left open (FRONT_DOOR_OFF) must be seen.
         "ports": [p.as_dict() for p in door.ports(settings)],
         "nodes": {**nodes.report(settings).as_dict(), "safe_mode": _safe_mode(settings)},
+        "work": comfyui_work(settings),
     }
+
+
+def comfyui_work(settings: Settings) -> dict | None:
+    """ComfyUI's queue and last prompts; None while it does not answer (its card says so)."""
+    try:
+        return comfyui_status.work(settings)
+    except Unavailable:
+        return None
 
 
 def _safe_mode(settings: Settings) -> dict | None:

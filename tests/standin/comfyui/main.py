@@ -460,9 +460,10 @@ class Server:
             "status": {
                 "status_str": "success",
                 "completed": True,
+                # Each with the time ComfyUI added it (ms).
                 "messages": [
-                    ["execution_start", {"prompt_id": prompt_id}],
-                    ["execution_success", {"prompt_id": prompt_id}],
+                    ["execution_start", {"prompt_id": prompt_id, "timestamp": job["execution_start_time"]}],
+                    ["execution_success", {"prompt_id": prompt_id, "timestamp": end}],
                 ],
             },
         }
@@ -473,11 +474,14 @@ class Server:
         await self.send({"type": "executing", "data": {"node": None, "prompt_id": prompt_id}}, client)
 
     async def get_history(self, request: web.Request) -> web.Response:
+        # As ComfyUI: without an offset, max_items means the last ones.
         items = list(self.history.items())
-        offset = int(request.query.get("offset", 0))
-        if "max_items" in request.query:
-            items = items[offset : offset + int(request.query["max_items"])]
-        return web.json_response(dict(items))
+        max_items = int(request.query["max_items"]) if "max_items" in request.query else None
+        offset = int(request.query.get("offset", -1))
+        if offset < 0 and max_items is not None:
+            offset = len(items) - max_items
+        items = items[max(offset, 0) :]
+        return web.json_response(dict(items[:max_items] if max_items is not None else items))
 
     async def get_history_id(self, request: web.Request) -> web.Response:
         prompt_id = request.match_info["prompt_id"]
