@@ -115,6 +115,50 @@ def ready_seconds(root: Path) -> dict[str, float]:
     return result
 
 
+COMFYUI_CPU_SECONDS = "4"  # the stand-in's CPU work before its port opens (the real one: imports)
+
+
+def _wait_ok(url: str, begin: float, timeout: float = 120) -> float:
+    while time.perf_counter() - begin < timeout:
+        if _ok(url):
+            return time.perf_counter() - begin
+        time.sleep(0.02)
+    raise RuntimeError(f"{url} did not answer in {timeout} s")
+
+
+def comfyui_through_stack(root: Path) -> float:
+    """Entrypoint to ComfyUI's first 200 on /system_stats, the whole stack starting beside it."""
+    stack = Stack(root, STANDIN_STARTUP_SECONDS="0", STANDIN_STARTUP_CPU_SECONDS=COMFYUI_CPU_SECONDS)
+    begin = time.perf_counter()
+    stack.start()
+    try:
+        return _wait_ok(f"{stack.settings.comfyui_url}/system_stats", begin)
+    finally:
+        stack.stop()
+
+
+def comfyui_bare(root: Path) -> float:
+    """The same ComfyUI with the argv and environment the launcher gives it, started alone."""
+    from services.comfyui.launcher import build_argv, environment, model_path_configs
+    from services.common.settings import load_settings
+    from services.startup.__main__ import run_steps
+
+    stack = Stack(root, STANDIN_STARTUP_SECONDS="0", STANDIN_STARTUP_CPU_SECONDS=COMFYUI_CPU_SECONDS)
+    settings = load_settings(stack.env)
+    run_steps(settings)
+    argv = build_argv(settings, gpu=False, model_configs=model_path_configs(settings)[0])
+    begin = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, env=environment(settings, stack.env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        return _wait_ok(f"{settings.comfyui_url}/system_stats", begin)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(stack.run_dir, ignore_errors=True)
+
+
 def _ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=0.3) as response:
@@ -182,6 +226,14 @@ def main() -> int:
 
         tree = root / "venv-like"
         tree.mkdir()
+        stacked, bare = [], []
+        for i in range(args.runs):
+            bare.append(comfyui_bare(root / f"bare{i}"))
+            stacked.append(comfyui_through_stack(root / f"with{i}"))
+        through, alone = statistics.median(stacked), statistics.median(bare)
+        print(f"\nComfyUI ready (stand-in spending {COMFYUI_CPU_SECONDS} s of CPU first), median of {args.runs} (s)")
+        print(f"bare, same argv      {alone:6.2f}")
+        print(f"through the stack    {through:6.2f}   ratio: {through / alone:.2f}x (goal: at most 1.05x)")
         size = make_venv_like_tree(tree, args.venv_copies) / 2**30
         copies = [copy_seconds(tree, root / f"copy{i}") for i in range(2)]
         copy = statistics.median(copies)

@@ -5,8 +5,9 @@ poll (PEP 475): a SIGTERM, or a child's exit (SIGCHLD), is seen only when the po
 program's output pipe closes a moment before the program can be reaped, supervisord waits out the full
 second before it notices the exit and stops the next program: on a stop, up to a second per program,
 seven in a row. Here Python writes a byte to a pipe for every signal (`signal.set_wakeup_fd`), and
-supervisord polls that pipe like its other descriptors, so each signal ends the poll at once. The same
-supervisord, the same config; it only hears sooner.
+supervisord polls that pipe like its other descriptors, so each signal ends the poll at once; a byte
+written before it starts ends its first poll too, which otherwise delays every program's first spawn
+by a second. The same supervisord, the same config; it only hears sooner.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def main() -> None:
     os.set_blocking(write, False)
     signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     asyncore.socket_map[read] = Wakeup(read)
+    # supervisord starts its programs after its first poll: without a byte waiting, that poll sits out
+    # its whole second before ComfyUI (and everything else) is even spawned.
+    os.write(write, b"\0")
     supervisord.main(sys.argv[1:])
 
 
