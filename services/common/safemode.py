@@ -4,7 +4,7 @@ The launcher records how each start ended (`record_previous_start`, before it st
 whether it got through its custom nodes (ComfyUI's import-times table is in its log) and, if not, the
 node it was importing (the trace's last line). Two starts in a row ended at the same node: the next
 starts leave that node out (ComfyUI's `--disable-all-custom-nodes` with `--whitelist-custom-nodes`
-naming every other one), until the node changes on disk or someone asks for all nodes again
+naming every other one), until the node is removed or someone asks for all nodes again
 (`clear`: the dashboard's "retry with all nodes", `DELETE /api/comfyui/safe-mode`). Between failed
 starts the launcher waits, doubling from 1 s up to 30 s.
 

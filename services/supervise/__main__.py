@@ -19,6 +19,9 @@ import sys
 from supervisor import supervisord
 from supervisor.medusa import asyncore_25 as asyncore
 
+# supervisor.options.ServerOptions.cleanup_fds: os.closerange(5, minfds) at every reload.
+SUPERVISORD_CLOSES_FROM = 5
+
 
 class Wakeup:
     """A descriptor in supervisord's poll map that only needs draining."""
@@ -48,6 +51,13 @@ class Wakeup:
 
 def main() -> None:
     read, write = os.pipe()
+    if max(read, write) >= SUPERVISORD_CLOSES_FROM:
+        # On a reload (SIGHUP) supervisord closes every descriptor from 5 up: a wake-up pipe there would
+        # be closed under it, and its number reused. Without the pipe, supervisord runs as it always did.
+        os.close(read)
+        os.close(write)
+        supervisord.main(sys.argv[1:])
+        return
     os.set_blocking(read, False)
     os.set_blocking(write, False)
     signal.set_wakeup_fd(write, warn_on_full_buffer=False)
