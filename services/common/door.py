@@ -72,11 +72,6 @@ def ports(settings: Settings) -> list[Port]:
     return found
 
 
-def find(settings: Settings, name: str) -> Port | None:
-    """The port of this program, or None (a dev tool where the dev image's tools are not installed)."""
-    return next((p for p in ports(settings) if p.name == name), None)
-
-
 def unprotected(settings: Settings) -> list[Port]:
     return [p for p in ports(settings) if not p.protected]
 

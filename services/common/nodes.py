@@ -129,6 +129,26 @@ def parse(log: str, trace: list[str], trace_before: list[str]) -> Report:
     return report
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_size, found.st_mtime_ns
+
+
+# The last report and what it was read from: the overview and health ask every second or so, and the
+# log's tail is megabytes; it is read again only when one of the three files changed.
+_last: tuple[tuple, Report] | None = None
+
+
 def report(settings: Settings) -> Report:
+    global _last
     paths = settings.paths
-    return parse(tail(paths.log_file("comfyui")), read_trace(paths.node_trace), read_trace(paths.node_trace_before))
+    files = (paths.log_file("comfyui"), paths.node_trace, paths.node_trace_before)
+    key = (files, tuple(_stamp(f) for f in files))
+    if _last is not None and _last[0] == key:
+        return _last[1]
+    found = parse(tail(files[0]), read_trace(files[1]), read_trace(files[2]))
+    _last = (key, found)
+    return found

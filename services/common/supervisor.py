@@ -6,6 +6,7 @@ import sys
 import xmlrpc.client
 from pathlib import Path
 
+from services.common import door
 from services.common.settings import Settings, env_name
 from services.common.unixhttp import UnixConnection
 
@@ -30,7 +31,7 @@ def environment(settings: Settings) -> dict[str, str]:
             settings.app_dir
             / "config"
             / "supervisor"
-            / ("devtools.conf" if (settings.devtools_dir / "bin" / "jupyter").exists() else "none.conf")
+            / ("devtools.conf" if door.devtools_installed(settings) else "none.conf")
         ),
         "LOG_MAX_BYTES": str(settings.log_max_bytes),
         "LOG_BACKUPS": str(settings.log_backups),
