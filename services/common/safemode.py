@@ -73,6 +73,11 @@ def clear(settings: Settings) -> bool:
 
 def record_previous_start(settings: Settings) -> list[dict]:
     """How the last start ended, appended to the history (before the trace is rotated)."""
+    if not _history_file(settings).exists():
+        # This run dir's first start: the log's last start belongs to an earlier container, whose end
+        # (a `docker stop` during start-up, say) says nothing about this one.
+        write_atomic(_history_file(settings), "[]\n")
+        return []
     log = nodes.tail(settings.paths.log_file("comfyui"))
     segment = nodes.last_start(log)
     if segment is None:
