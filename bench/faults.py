@@ -117,27 +117,15 @@ def main() -> int:
     try:
         stack = run.start()
         memory = pool_memory_around_a_download(run, 512 * MIB)
-        job, data = run.download("child.bin")
-        os.kill(pool_child(stack, "child.bin"), signal.SIGKILL)
-        rows.append(
-            (
-                "kill -9 of the download's pool process",
-                "the download moving again",
-                run.moving_again(job.id, time.monotonic()),
-            )
-        )
-        run.finish(job, data)
-
-        job, data = run.download("main.bin")
-        os.kill(stack.states()["worker"]["pid"], signal.SIGKILL)
-        rows.append(
-            (
-                "kill -9 of the worker's main process",
-                "the download moving again",
-                run.moving_again(job.id, time.monotonic()),
-            )
-        )
-        run.finish(job, data)
+        # The two worker kills: the download's pool process (from its lock), then the main process.
+        for name, label, victim in (
+            ("child.bin", "kill -9 of the download's pool process", lambda: pool_child(stack, "child.bin")),
+            ("main.bin", "kill -9 of the worker's main process", lambda: stack.states()["worker"]["pid"]),
+        ):
+            job, data = run.download(name)
+            os.kill(victim(), signal.SIGKILL)
+            rows.append((label, "the download moving again", run.moving_again(job.id, time.monotonic())))
+            run.finish(job, data)
 
         job, data = run.download("redis.bin")
         os.kill(stack.states()["redis"]["pid"], signal.SIGKILL)

@@ -26,16 +26,16 @@ import websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.helpers.procs import wait_for
+from tests.helpers.procs import peak_rss, wait_for
 from tests.helpers.stack import PASSWORD, Stack
 
 REQUESTS, BLOCK = 3000, 100
 NODES, ROUNDS = 400, 4
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def p50_p99(values: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(values, n=100)
+    return statistics.median(values), cuts[98]
 
 
 def timed_gets(port: int, headers: dict[str, str], count: int) -> list[float]:
@@ -105,12 +105,7 @@ def ws_rate(stack: Stack, through_door: bool, client_id: str) -> tuple[float, in
 def nginx_memory(stack: Stack) -> tuple[int, int]:
     master = psutil.Process(stack.states()["front-door"]["pid"])
     procs = [master, *master.children()]
-    rss = sum(p.memory_info().rss for p in procs)
-    peak = 0
-    for p in procs:
-        status = Path(f"/proc/{p.pid}/status").read_text()
-        peak += int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1]) * 1024
-    return rss, peak
+    return sum(p.memory_info().rss for p in procs), sum(peak_rss(p.pid) for p in procs)
 
 
 def main() -> int:
@@ -128,13 +123,13 @@ def main() -> int:
         (s.paths.models / "checkpoints" / "bench.safetensors").write_bytes(b"1")
 
         times = latency(stack, cookie)
-        direct50, direct99 = percentile(times["direct"], 0.5), percentile(times["direct"], 0.99)
+        direct50, direct99 = p50_p99(times["direct"])
         print(f"\nAdded latency per request, GET /prompt, {REQUESTS} requests per path, one keep-alive connection:")
         print("| path | p50 | p99 | added p50 | added p99 |")
         print("|---|---|---|---|---|")
         print(f"| straight to ComfyUI (127.0.0.1) | {direct50:.2f} ms | {direct99:.2f} ms | | |")
         for name, label in (("bearer", "front door, bearer token"), ("cookie", "front door, session cookie")):
-            p50, p99 = percentile(times[name], 0.5), percentile(times[name], 0.99)
+            p50, p99 = p50_p99(times[name])
             print(f"| {label} | {p50:.2f} ms | {p99:.2f} ms | {p50 - direct50:.2f} ms | {p99 - direct99:.2f} ms |")
 
         rates: dict[bool, list[float]] = {False: [], True: []}

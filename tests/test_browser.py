@@ -47,6 +47,13 @@ def shot(page: Page, name: str, tmp_path: Path) -> None:
     page.screenshot(path=str(target / f"{name}.png"), full_page=True)
 
 
+def csp_violations(page: Page) -> list[str]:
+    """The Content-Security-Policy violations the browser reports on this page from now on."""
+    seen: list[str] = []
+    page.on("console", lambda m: seen.append(m.text) if "Content Security Policy" in m.text else None)
+    return seen
+
+
 def wait_js(page: Page, expression: str, timeout: float = 30) -> None:
     """Poll an expression from outside the page: wait_for_function evaluates it inside, which the
     dashboard's Content-Security-Policy (no eval) rightly refuses."""
@@ -61,8 +68,7 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     base = f"http://127.0.0.1:{s.dashboard_port}"
     page.set_viewport_size({"width": 1280, "height": 860})
     # The pages satisfy their Content-Security-Policy: the browser reports no violation anywhere below.
-    violations: list[str] = []
-    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    violations = csp_violations(page)
 
     # Log in; every service shows RUNNING.
     page.goto(base + "/")
@@ -175,8 +181,7 @@ def test_opening_comfyui_leads_through_the_login_page_and_back(page: Page, stack
     returns to the very page that was asked for."""
     s = stack.settings
     comfyui = f"http://127.0.0.1:{s.comfyui_port}"
-    violations: list[str] = []
-    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    violations = csp_violations(page)
     page.goto(comfyui + "/?workflow=mine")
     expect(page).to_have_url(comfyui + "/_frontdoor/login?next=%2F%3Fworkflow%3Dmine")
     expect(page.locator("p.hint").first).to_contain_text("behind the dashboard's login")

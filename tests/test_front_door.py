@@ -25,7 +25,7 @@ from itsdangerous import TimestampSigner
 
 from services.common import bus, messages
 from services.dashboard.app import create_app
-from tests.helpers.procs import wait_for
+from tests.helpers.procs import peak_rss, wait_for
 from tests.helpers.stack import PASSWORD, Stack
 
 pytestmark = pytest.mark.timeout(300)
@@ -256,11 +256,7 @@ def test_what_authenticated_a_request_never_reaches_comfyui(stack):
 
 def _nginx_peak_rss(stack) -> int:
     master = psutil.Process(stack.states()["front-door"]["pid"])
-    peak = 0
-    for proc in [master, *master.children()]:
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        peak = max(peak, int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1]) * 1024)
-    return peak
+    return max(peak_rss(proc.pid) for proc in [master, *master.children()])
 
 
 def test_a_100_mb_upload_and_a_long_download_stream_through(stack):

@@ -41,6 +41,12 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})")
 
 
+def peak_rss(pid: int) -> int:
+    """The most memory (bytes) the process ever held resident: the kernel's high-water mark, VmHWM."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1]) * 1024
+
+
 def zombies(root_pid: int) -> list[str]:
     """Zombies among the descendants of `root_pid` (other tests run beside this one)."""
     try:
