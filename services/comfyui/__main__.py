@@ -9,7 +9,7 @@ import sys
 import threading
 
 from services.comfyui.launcher import address, build_argv, environment, model_path_configs, rotate_node_trace
-from services.common import gpu, gpucheck, safemode, service
+from services.common import gpu, gpucheck, packages, safemode, service
 from services.common.comfyui import missing
 from services.common.ports import port_taken
 from services.common.settings import inherited_environment
@@ -78,6 +78,11 @@ def main() -> int:
             mode.error,
         )
     rotate_node_trace(settings)
+    try:
+        packages.prepare(settings)
+    except OSError as exc:
+        # The volume read-only or full: ComfyUI still starts; pip is then left without the venv's pins.
+        log.warning("could not prepare %s for custom nodes' packages: %s", settings.paths.python_packages, exc)
     log.info("exec %s", " ".join(argv))
     if settings.comfyui_source_tokens:
         log.info("COMFYUI_SOURCE_TOKENS=on: ComfyUI's custom nodes can read HF_TOKEN and CIVITAI_TOKEN")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from services.common import modelpaths, supervisor
+from services.common import modelpaths, packages, supervisor
 from services.common.settings import Settings
 
 
@@ -71,7 +71,8 @@ def environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]
     taken out. HF_TOKEN and CIVITAI_TOKEN stay only with COMFYUI_SOURCE_TOKENS=on.
 
     The folder on PYTHONPATH holds only a sitecustomize that appends the volume's packages after the
-    venv's own, so nothing installed at run time can shadow torch or the frontend.
+    venv's own, so nothing installed at run time can shadow torch or the frontend; pip installs there
+    with a prefix and the venv pinned (services/common/packages.py).
     """
     paths = settings.paths
     site_dir = str(settings.app_dir / "config" / "comfyui-site")
@@ -83,10 +84,11 @@ def environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]
     # Read by huggingface_hub in custom nodes: a mirror set for the stack is theirs too (not a secret).
     env["HF_ENDPOINT"] = settings.hf_endpoint
     env["PYTHONPATH"] = os.pathsep.join(p for p in (site_dir, inherited.get("PYTHONPATH", "")) if p)
-    env["COMFYUI_PACKAGES"] = str(paths.python_packages)
-    env["PIP_TARGET"] = str(paths.python_packages)
-    if settings.comfyui_constraints.is_file():
-        env["PIP_CONSTRAINT"] = str(settings.comfyui_constraints)
+    env["COMFYUI_PACKAGES"] = str(packages.site_dir(settings))
+    env["PIP_PREFIX"] = str(paths.python_packages)
+    env["PIP_CONSTRAINT"] = str(paths.comfyui_constraints)
+    # Their console scripts, after the image's own.
+    env["PATH"] = os.pathsep.join(p for p in (inherited.get("PATH", ""), str(paths.python_packages / "bin")) if p)
     # Where its sitecustomize records each custom node before importing it (services/common/nodes.py).
     env["COMFYUI_NODE_TRACE"] = str(paths.node_trace)
     env["COMFYUI_NODE_DIRS"] = os.pathsep.join((str(paths.custom_nodes), str(settings.comfyui_dir / "custom_nodes")))

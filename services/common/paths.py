@@ -173,7 +173,7 @@ class Paths:
 
     @property
     def python_packages(self) -> Path:
-        """pip packages of run-time custom nodes, layered over ComfyUI's venv."""
+        """pip's prefix for run-time custom nodes' packages, layered after ComfyUI's venv."""
         return self.workspace / "python"
 
     @property
@@ -268,6 +268,11 @@ class Paths:
     def node_trace_before(self) -> Path:
         """The same for the start before: its last line names a node that ended the process."""
         return self.run_dir / "comfyui-nodes.trace.1"
+
+    @property
+    def comfyui_constraints(self) -> Path:
+        """Every package of ComfyUI's venv pinned, written at each start (services/common/packages.py)."""
+        return self.run_dir / "comfyui-constraints.txt"
 
     @property
     def supervisor_socket(self) -> Path:

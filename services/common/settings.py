@@ -75,7 +75,8 @@ class Settings(BaseModel):
     )
     comfyui_constraints: Path = Field(
         Path("/app/constraints.txt"),
-        description="pip constraints for custom nodes' installs (torch, the frontend): what a node may not change.",
+        description="pip constraints the image adds for custom nodes' installs, besides every package of"
+        " ComfyUI's venv, which is always pinned.",
     )
     comfyui_torch_build: Path = Field(
         Path("/app/torch-build.json"),

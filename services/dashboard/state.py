@@ -11,7 +11,20 @@ import xmlrpc.client
 import psutil
 import redis
 
-from services.common import bus, door, gpu, gpucheck, jobs, logs, messages, nodes, safemode, supervisor, timeouts
+from services.common import (
+    bus,
+    door,
+    gpu,
+    gpucheck,
+    jobs,
+    logs,
+    messages,
+    nodes,
+    packages,
+    safemode,
+    supervisor,
+    timeouts,
+)
 from services.common import comfyui as comfyui_status
 from services.common.errors import NotFound, Unavailable
 from services.common.paths import ALL_FOLDERS, SERVICES, WORK_SUFFIXES, check_folder
@@ -142,6 +155,8 @@ def status(settings: Settings, client: redis.Redis) -> dict:
         # Which public ports the front door guards: one left open (FRONT_DOOR_OFF) must be seen.
         "ports": [p.as_dict() for p in door.ports(settings)],
         "nodes": {**nodes.report(settings).as_dict(), "safe_mode": _safe_mode(settings)},
+        # <workspace>/python: its size and which node asked for what (services/common/packages.py).
+        "packages": packages.summary(settings),
         "work": comfyui_work(settings),
     }
 
