@@ -73,7 +73,8 @@ def test_comfyui_gets_no_secret_of_the_stack(settings):
         "RUN_DIR": "/run/x",
     }
     env = environment(settings, inherited)
-    assert env["PATH"] == "/usr/bin" and not any("sentinel" in v for v in env.values())
+    assert env["PATH"] == f"/usr/bin:{settings.paths.python_packages / 'bin'}"
+    assert not any("sentinel" in v for v in env.values())
     assert not {"SUPERVISOR_SERVER_URL", "RUN_DIR", "REDIS_URL"} & set(env)
     # COMFYUI_SOURCE_TOKENS=on: the two source tokens, and only they, for custom nodes that download.
     given = settings.model_copy(update={"comfyui_source_tokens": True, "hf_token": SecretStr("hf_sentinel")})
