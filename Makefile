@@ -20,12 +20,15 @@ BENCH_PACKAGES := nginx-light aria2 curl wrk iptables iproute2 libnetfilter-queu
 COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
 # The pinned ComfyUI commit, written once in config/comfyui.ref (the Dockerfile's and the bake file's
 # defaults must match it: tests/test_docker.py checks).
-COMFYUI_REF ?= $(shell cat config/comfyui.ref)
+COMFYUI_REF ?= $(shell grep -v '^\#' config/comfyui.ref)
 
-.PHONY: run test lint bench ctl deps system-deps comfyui clean screenshots
+.PHONY: run test lint bench ctl deps system-deps comfyui clean screenshots pins
 
 run: deps ## The whole stack in the foreground; Ctrl-C stops it.
 	exec docker/entrypoint.sh
+
+pins: ## Re-resolve ComfyUI's release and every node's branch head (needs GitHub); review the diff
+	python3 docker/pins.py
 
 ctl: ## supervisorctl for the running stack: make ctl ARGS="status" / ARGS="tail -f worker"
 	@$(PY) -m services.ctl $(ARGS)

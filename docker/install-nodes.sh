@@ -21,6 +21,8 @@ for list in "$@"; do
     git init -q "$dest/$name"
     git -C "$dest/$name" fetch -q --depth 1 "$url" "$commit"
     git -C "$dest/$name" checkout -q FETCH_HEAD
+    # Some nodes keep code in submodules (UltimateSDUpscale's upscaler, Impact-Pack's subpack).
+    git -C "$dest/$name" submodule update -q --init --recursive --depth 1
     if [ -f "$dest/$name/requirements.txt" ]; then
       uv pip install --python "$python" --no-cache --constraint "$constraints" \
         --requirement "$dest/$name/requirements.txt"

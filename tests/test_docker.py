@@ -125,7 +125,7 @@ def test_every_copy_source_exists():
 
 
 @pytest.mark.parametrize("stage", ["runtime", "dev"])
-def test_shipped_stages_have_healthcheck_entrypoint_and_no_compilers(stage):
+def test_shipped_stages_have_healthcheck_entrypoint_and_compilers_only_on_request(stage):
     chain = stage_chain(stage)
     kinds = [i["instruction"] for i in chain]
     assert "HEALTHCHECK" in kinds and "ENTRYPOINT" in kinds and "STOPSIGNAL" in kinds and "EXPOSE" in kinds
@@ -133,7 +133,10 @@ def test_shipped_stages_have_healthcheck_entrypoint_and_no_compilers(stage):
     assert "docker/entrypoint.sh" in entry
     health = [i for i in chain if i["instruction"] == "HEALTHCHECK"][-1]["value"]
     assert '"services.health", "check", "--docker"' in health
-    assert "build-essential" not in " ".join(i["value"] for i in stages()[stage])
+    # A compiler only where the variant asks for one (BUILD_TOOLS): minimal ships without.
+    for instr in stages()[stage]:
+        if "build-essential" in instr["value"]:
+            assert instr["value"].startswith('if [ "${BUILD_TOOLS}" = true ]'), instr["value"]
     labels = " ".join(i["value"] for i in chain if i["instruction"] == "LABEL")
     for label in ("version", "revision", "source"):
         assert f"org.opencontainers.image.{label}" in labels
@@ -154,14 +157,84 @@ def test_nothing_is_copied_to_the_workspace_at_start():
             assert tool not in text, (path, tool)
 
 
+def ref(name: str) -> str:
+    """The pin in config/<name>: its one line that is not a comment."""
+    lines = [line for line in (REPO / "config" / name).read_text().splitlines() if not line.startswith("#")]
+    assert len(lines) == 1 and re.fullmatch(r"[0-9a-f]{40}", lines[0]), lines
+    return lines[0]
+
+
 def test_the_comfyui_commit_is_written_once():
     """config/comfyui.ref is the pin; the Makefile reads it, the Dockerfile and the bake file default to it."""
-    pinned = (REPO / "config" / "comfyui.ref").read_text().strip()
-    assert re.fullmatch(r"[0-9a-f]{40}", pinned)
+    pinned = ref("comfyui.ref")
     dockerfile_default = re.search(r"^ARG COMFYUI_REF=(\S+)$", (REPO / "docker" / "Dockerfile").read_text(), re.M)
     bake = (REPO / "docker-bake.hcl").read_text()
     bake_default = re.search(r'variable "COMFYUI_REF" \{\s*default = "([^"]+)"', bake)
     assert dockerfile_default and dockerfile_default.group(1) == pinned
     assert bake_default and bake_default.group(1) == pinned
     made = subprocess.run(["make", "-s", "-n", "-p"], cwd=REPO, capture_output=True, text=True, check=False).stdout
-    assert "COMFYUI_REF = $(shell cat config/comfyui.ref)" in made or f"COMFYUI_REF = {pinned}" in made
+    assert "COMFYUI_REF = $(shell grep -v '^\\#' config/comfyui.ref)" in made or f"COMFYUI_REF = {pinned}" in made
+    shown = subprocess.run(
+        ["make", "-s", "--eval", "shown: ; @echo $(COMFYUI_REF)", "shown"], cwd=REPO, capture_output=True, text=True
+    )
+    assert shown.stdout.strip() == pinned
+
+
+def test_the_legacy_line_runs_the_pinned_legacy_comfyui_and_the_others_the_current_one():
+    assert BAKE.variables["COMFYUI_LEGACY_REF"] == ref("comfyui-legacy.ref")
+    for cuda in BAKE.variables["CUDA"]:
+        expected = ref("comfyui-legacy.ref") if cuda["name"] == "cu124" else ref("comfyui.ref")
+        assert cuda["comfyui"] == expected, cuda["name"]
+        assert BAKE.resolved(f"minimal-{cuda['name']}")["args"]["COMFYUI_REF"] == expected
+
+
+def test_node_pins_are_unique_and_each_says_what_it_is():
+    """One line per node across every list, each a 40-hex commit under a comment naming the node."""
+    seen: dict[str, str] = {}
+    for path in sorted((REPO / "config" / "nodes").glob("*.txt")):
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if not line.strip() or line.startswith("#"):
+                continue
+            url, commit = line.split()
+            name = url.rsplit("/", 1)[-1]
+            assert url not in seen, f"{url} pinned in {seen.get(url)} and {path.name}"
+            seen[url] = path.name
+            assert lines[number - 1].startswith(f"# {name} "), f"{path.name}: no comment above {name}"
+    assert len(seen) == 15
+
+
+def test_the_readme_matrix_is_the_bake_files():
+    readme = (REPO / "README.md").read_text()
+    for cuda in BAKE.variables["CUDA"]:
+        row = f"| {cuda['version']} | `{cuda['name']}` | {cuda['driver']} | {cuda['gpus']} | {cuda['torch']} |"
+        assert row in readme, row
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_make_pins_resolves_branch_heads_and_the_newest_release(tmp_path):
+    """docker/pins.py against a real git repository (git ls-remote on a local path, no network)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pins", REPO / "docker" / "pins.py")
+    pins = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pins)
+    remote = tmp_path / "node"
+    remote.mkdir()
+    _git(remote, "init", "-q", "-b", "trunk")
+    for version in ("v0.9.0", "v0.10.0", "v0.10.1-rc1"):
+        _git(remote, "commit", "-q", "--allow-empty", "-m", version)
+        _git(remote, "tag", "-a", version, "-m", version)
+    release = _git(remote, "rev-parse", "v0.10.0^{commit}")
+    _git(remote, "commit", "-q", "--allow-empty", "-m", "after")
+    tip = _git(remote, "rev-parse", "HEAD")
+    assert pins.head(str(remote)) == ("trunk", tip)
+    # The highest vX.Y.Z (0.10 above 0.9; a pre-release is not a release), followed to its commit.
+    assert pins.newest_release(str(remote)) == ("v0.10.0", release)
+    text = f"# a list\n# node old comment\n{remote} {'0' * 40}\n"
+    rewritten = pins.rewrite_list(text, pins.head, "2026-12-01")
+    assert rewritten == f"# a list\n# node trunk, resolved 2026-12-01\n{remote} {tip}\n"

@@ -219,3 +219,43 @@ def test_workspace_is_not_a_mount_warns(tmp_path, run_dir):
     with tmpfs(short_dir("cdm-") / "mnt") as ws:
         mounted = entrypoint(ws, run_dir)
     assert mounted.returncode == 0 and "is not a mount of its own" not in mounted.stderr
+
+
+def test_the_pre_start_hook_runs_with_its_output_in_the_log_and_without_the_stacks_secrets(tmp_path, run_dir):
+    workspace = tmp_path / "ws"
+    (workspace / "config").mkdir(parents=True)
+    (workspace / "config" / "pre-start.sh").write_text(
+        'echo "hello from $PWD"\necho "password:${DASHBOARD_PASSWORD:-none} hf:${HF_TOKEN:-none}"\ntouch made-by-hook\n'
+    )
+    out = entrypoint(workspace, run_dir, DASHBOARD_PASSWORD="pw-sentinel", HF_TOKEN="hf_for_the_hook")
+    assert out.returncode == 0, out.stderr
+    assert f"pre-start: hello from {workspace}" in out.stderr
+    assert "pre-start: password:none hf:hf_for_the_hook" in out.stderr and "pw-sentinel" not in out.stderr
+    assert (workspace / "made-by-hook").exists()
+    report = json.loads((run_dir / "startup.json").read_text())
+    assert [s for s in report["steps"] if s["name"] == "pre_start"][0]["notes"] == []
+
+
+def test_a_failing_pre_start_hook_is_reported_and_the_stack_starts(tmp_path, run_dir):
+    workspace = tmp_path / "ws"
+    (workspace / "config").mkdir(parents=True)
+    (workspace / "config" / "pre-start.sh").write_text("echo about to fail\nexit 3\n")
+    out = entrypoint(workspace, run_dir, DASHBOARD_PASSWORD="x")
+    assert out.returncode == 0, out.stderr
+    assert "pre-start: about to fail" in out.stderr
+    assert "pre-start.sh failed (exit status 3)" in out.stderr and "the stack starts anyway" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_pre_start_hook_past_its_time_is_stopped_with_its_children(tmp_path, run_dir):
+    workspace = tmp_path / "ws"
+    (workspace / "config").mkdir(parents=True)
+    (workspace / "config" / "pre-start.sh").write_text(
+        "sleep 300 &\necho $! > child.pid\necho waiting\ntrap '' TERM\nwhile true; do sleep 0.1; done\n"
+    )
+    out = entrypoint(workspace, run_dir, DASHBOARD_PASSWORD="x", PRE_START_TIMEOUT="1")
+    assert out.returncode == 0, out.stderr
+    assert "pre-start: waiting" in out.stderr
+    assert "still running after 1 s (PRE_START_TIMEOUT) and was stopped" in out.stderr
+    child = int((workspace / "child.pid").read_text())
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]

@@ -181,6 +181,11 @@ class Paths:
         return self.workspace / "config"
 
     @property
+    def pre_start_script(self) -> Path:
+        """The user's hook, run by startup before any program (services/startup/hook.py)."""
+        return self.config / "pre-start.sh"
+
+    @property
     def user_presets(self) -> Path:
         return self.config / "presets"
 

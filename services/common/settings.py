@@ -119,6 +119,13 @@ class Settings(BaseModel):
         16, ge=2, le=256, description="Threads per dashboard worker; each open WebSocket holds one."
     )
     health_port: int = _port("The health service's port, on 127.0.0.1 only (`/health`, `/ready`).", 8081)
+    pre_start_timeout: float = Field(
+        600.0,
+        ge=1,
+        le=86400,
+        description="Seconds <workspace>/config/pre-start.sh may run before startup stops it and starts the stack"
+        " anyway.",
+    )
     health_interval: float = Field(10.0, ge=1, le=3600, description="Seconds between two rounds of health checks.")
     health_expect_gpu: bool = Field(
         False, description="Count a missing NVIDIA GPU as unhealthy (the CUDA images set it)."

@@ -12,6 +12,7 @@ from services.common import credentials, door, modelpaths
 from services.common.files import write_atomic, write_error
 from services.common.paths import ALL_FOLDERS, WORKSPACE_DIRS
 from services.common.settings import Settings
+from services.startup.hook import run_pre_start
 
 log = logging.getLogger("startup")
 
@@ -185,4 +186,5 @@ STEPS = (
     ("redis_config", write_redis_config),
     ("front_door", write_front_door_config),
     ("secrets", ensure_secrets),
+    ("pre_start", run_pre_start),
 )
