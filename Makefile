@@ -15,7 +15,7 @@ export COMFYUI_LISTEN ?= 127.0.0.1
 export DASHBOARD_LISTEN ?= 127.0.0.1
 
 DEBIAN_PACKAGES := redis-server nginx python3-venv
-TEST_PACKAGES := chromium openssl
+TEST_PACKAGES := chromium openssl docker.io debootstrap
 BENCH_PACKAGES := nginx-light aria2 curl wrk iptables iproute2 libnetfilter-queue-dev
 COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
 # The pinned ComfyUI commit, written once in config/comfyui.ref (the Dockerfile's and the bake file's

@@ -66,6 +66,7 @@ def test_layout_config_and_secrets_on_first_run(settings):
         "redis_config",
         "front_door",
         "secrets",
+        "pre_start",
     ]
     assert json.loads(paths.startup_report.read_text())["total_ms"] == report["total_ms"]
 
@@ -219,6 +220,16 @@ def test_workspace_is_not_a_mount_warns(tmp_path, run_dir):
     with tmpfs(short_dir("cdm-") / "mnt") as ws:
         mounted = entrypoint(ws, run_dir)
     assert mounted.returncode == 0 and "is not a mount of its own" not in mounted.stderr
+    # `docker run -v ./ws:/workspace`: a bind mount of a folder on the same file system (same device).
+    source, target = tmp_path / "source", tmp_path / "bound"
+    source.mkdir()
+    target.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+    try:
+        bound = entrypoint(target, run_dir)
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+    assert bound.returncode == 0 and "is not a mount of its own" not in bound.stderr, bound.stderr
 
 
 def test_the_pre_start_hook_runs_with_its_output_in_the_log_and_without_the_stacks_secrets(tmp_path, run_dir):

@@ -39,6 +39,22 @@ def prepare_run_dir(settings: Settings) -> list[str]:
     return []
 
 
+def is_mount_point(path) -> bool:
+    """A mount point, bind mounts of a folder on the same file system included (`docker run -v ./ws:/workspace`):
+    os.path.ismount compares devices and misses those; the kernel's mount table does not."""
+    if os.path.ismount(path):
+        return True
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as table:
+            # Field 5 is the mount point, with spaces and the like written as octal escapes.
+            return any(
+                line.split()[4].encode().decode("unicode_escape") == target for line in table if len(line.split()) > 4
+            )
+    except OSError:
+        return False
+
+
 def check_volume(settings: Settings) -> list[str]:
     """Is the workspace a folder, writable, a mount of its own, with room? Warn, die only when unusable."""
     ws = settings.workspace
@@ -61,7 +77,7 @@ def check_volume(settings: Settings) -> list[str]:
     free = shutil.disk_usage(ws).free
     if free < settings.workspace_warn_free_gb * GB and not notes:
         notes.append(f"WORKSPACE={ws} has only {free / GB:.1f} GB free")
-    if not os.path.ismount(ws):
+    if not is_mount_point(ws):
         notes.append(
             f"WORKSPACE={ws} is not a mount of its own: models and outputs live in the container"
             " and are lost with it (on RunPod, attach a network volume at /workspace)"

@@ -1,0 +1,183 @@
+"""The image, built from the real docker/Dockerfile by a real Docker engine, and run as a container.
+
+The build replaces only what these machines cannot reach (tests/helpers/docker.py, and the README's
+list). The container runs with host networking on free ports, the volume a folder of this test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import docker as engine
+from tests.helpers.fileserver import FileServer
+from tests.helpers.procs import free_port, wait_for
+
+pytestmark = [
+    pytest.mark.timeout(1500),
+    pytest.mark.skipif(os.geteuid() != 0, reason="dockerd runs as root"),
+]
+
+PASSWORD = "container-test-password"
+MIB = 1024 * 1024
+PROGRAMS = ("redis", "comfyui", "dashboard", "worker", "health", "events", "front-door")
+
+
+class Container:
+    def __init__(self, name: str, workspace: Path, ports: dict[str, int]) -> None:
+        self.name, self.workspace, self.ports = name, workspace, ports
+
+    def inspect(self) -> dict:
+        return json.loads(engine.docker("inspect", self.name).stdout)[0]
+
+    def health(self) -> str:
+        return self.inspect()["State"]["Health"]["Status"]
+
+    def exec(self, *args: str, check: bool = True):
+        return engine.docker("exec", self.name, *args, check=check, timeout=60)
+
+    def logs(self) -> str:
+        out = engine.docker("logs", self.name)
+        return out.stdout + out.stderr
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.ports['DASHBOARD_PORT']}"
+
+    def api(self, method: str, path: str, **kw) -> requests.Response:
+        headers = {"Authorization": f"Bearer {PASSWORD}"}
+        return requests.request(method, f"{self.base}{path}", headers=headers, timeout=30, **kw)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    daemon = engine.start_engine()
+    root = tmp_path_factory.mktemp("build")
+    repo = engine.StandinRepo(root)
+    try:
+        seconds = engine.build(repo, root / "build.log")
+        size = int(engine.docker("image", "inspect", engine.IMAGE, "--format", "{{.Size}}").stdout)
+        print(f"image built in {seconds:.0f} s, {size / 1e9:.2f} GB")
+        yield engine.IMAGE
+    finally:
+        repo.close()
+        engine.cleanup()
+        engine.stop_engine(daemon)
+
+
+@pytest.fixture(scope="module")
+def container(image, tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("volume")
+    ports = {name: free_port() for name in ("COMFYUI_PORT", "COMFYUI_INTERNAL_PORT", "DASHBOARD_PORT", "HEALTH_PORT")}
+    name = f"cdtest-{os.getpid()}"
+    env = {
+        **{k: str(v) for k, v in ports.items()},
+        "DASHBOARD_PASSWORD": PASSWORD,
+        "HEALTH_EXPECT_GPU": "false",  # no GPU here: the one setting changed for this machine
+        "HEALTH_INTERVAL": "2",
+        "DOWNLOADS_ALLOW_PRIVATE_HOSTS": "1",  # the file server is this machine's 127.0.0.1
+        "DOWNLOADS_RESERVE_MB": "0",
+        "STANDIN_STARTUP_SECONDS": "0.5",
+    }
+    command = ["run", "-d", "--name", name, "--network=host", "--health-interval=2s", "--health-start-period=60s"]
+    command += ["--health-timeout=20s", "--health-retries=2", "-v", f"{workspace}:/workspace"]
+    for key, value in env.items():
+        command += ["-e", f"{key}={value}"]
+    engine.docker(*command, image)
+    box = Container(name, workspace, ports)
+    try:
+        yield box
+    finally:
+        print(box.logs()[-3000:])
+        engine.docker("rm", "-f", name, check=False)
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def test_the_entrypoint_becomes_pid_1_and_every_program_starts(container):
+    wait_for(lambda: container.health() == "healthy", 120)
+    pid1 = container.exec("cat", "/proc/1/cmdline").stdout.split("\0")
+    assert "services.supervise" in pid1, pid1
+    wait_for(lambda: "success: comfyui entered RUNNING state" in container.logs(), 30)  # its startsecs is 3
+    logs = container.logs()
+    for program in PROGRAMS:
+        assert f"success: {program} entered RUNNING state" in logs, program
+    # The volume given with -v is a bind mount of a folder of the same file system: no false warning.
+    assert "is not a mount of its own" not in logs
+    # Every program's own lines reach `docker logs`, prefixed with its name (the events listener).
+    for program in ("startup", "comfyui", "dashboard", "worker", "health", "redis"):
+        assert re.search(rf"^{program} ", logs, re.M), program
+    assert "Traceback" not in logs
+
+
+def test_health_goes_unhealthy_without_redis_and_back(container):
+    wait_for(lambda: container.health() == "healthy", 120)
+    container.exec("/app/.venv/bin/python", "-m", "services.ctl", "stop", "redis")
+    try:
+        wait_for(lambda: container.health() == "unhealthy", 60)
+        last = container.inspect()["State"]["Health"]["Log"][-1]
+        assert last["ExitCode"] != 0 and "redis" in last["Output"].lower()
+    finally:
+        container.exec("/app/.venv/bin/python", "-m", "services.ctl", "start", "redis")
+    wait_for(lambda: container.health() == "healthy", 60)
+
+
+def test_the_volume_is_written_as_documented(container):
+    wait_for(lambda: container.health() == "healthy", 120)
+    for path in ("models/checkpoints", "config/extra_model_paths.yaml", "logs/comfyui.log"):
+        assert (container.workspace / path).stat().st_uid == 0, path
+    for secret in ("config/session.key", "config/dashboard.password"):
+        found = container.workspace / secret
+        if found.exists():
+            assert found.stat().st_mode & 0o777 == 0o600, secret
+
+
+def test_orphans_are_reaped(container):
+    wait_for(lambda: container.health() == "healthy", 120)
+    # A grandchild whose parent exits at once: it is handed to PID 1, which must reap it when it ends.
+    container.exec("bash", "-c", "(sleep 0.5 &) ; true")
+    time.sleep(2)
+    states = container.exec("bash", "-c", "cat /proc/[0-9]*/stat 2>/dev/null | awk '{print $3}'").stdout.split()
+    assert "Z" not in states, states
+
+
+def test_docker_stop_with_a_download_running_and_the_download_resumes_after_start(container):
+    wait_for(lambda: container.health() == "healthy", 120)
+    server = FileServer().start()
+    try:
+        data = os.urandom(6 * MIB)
+        url = server.add("big.safetensors", data)
+        server.fault("big.safetensors", rate=300_000)  # ~20 s: still running when docker stop comes
+        queued = container.api("POST", "/api/downloads", json={"url": url, "folder": "checkpoints"})
+        assert queued.status_code == 202, queued.text
+        job = queued.json()["id"]
+        wait_for(lambda: container.api("GET", f"/api/downloads/{job}").json()["bytes_done"] > MIB, 60)
+
+        begin = time.monotonic()
+        engine.docker("stop", container.name, timeout=60)  # Docker's default grace: 10 s, then SIGKILL
+        took = time.monotonic() - begin
+        state = container.inspect()["State"]
+        print(f"docker stop with a download running: {took:.1f} s, exit code {state['ExitCode']}")
+        assert state["ExitCode"] == 0  # 137 would be Docker's SIGKILL at the end of its grace
+        assert not (container.workspace / "models" / "checkpoints" / "big.safetensors").exists()
+
+        server.clear_faults()
+        before = len(server.requests)
+        engine.docker("start", container.name)
+        wait_for(lambda: container.health() == "healthy", 120)
+        wait_for(lambda: container.api("GET", f"/api/downloads/{job}").json()["state"] == "done", 120)
+        done = container.api("GET", f"/api/downloads/{job}").json()
+        assert done["resumed_from"] > 0, done
+        ranges = [r["headers"].get("Range", "") for r in server.requests[before:]]
+        assert any(r.startswith("bytes=") and not r.startswith("bytes=0-") for r in ranges), ranges
+        final = container.workspace / "models" / "checkpoints" / "big.safetensors"
+        assert hashlib.sha256(final.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+    finally:
+        server.stop()
