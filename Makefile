@@ -33,20 +33,21 @@ pins: ## Re-resolve ComfyUI's release and every node's branch head (needs GitHub
 ctl: ## supervisorctl for the running stack: make ctl ARGS="status" / ARGS="tail -f worker"
 	@$(PY) -m services.ctl $(ARGS)
 
-test: deps ## The full test suite (lint and static Docker checks included).
+test: deps $(VENV)/.installed-test ## The full test suite (lint, the container test). Runs as root.
+	@if [ "$$(id -u)" != 0 ]; then echo "make test runs as root: it mounts file systems and runs dockerd (sudo make test)" >&2; exit 2; fi
 	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES="$(TEST_PACKAGES)"
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -n 2 --dist loadfile
 
-screenshots: deps ## Retake the README's screenshots (docs/*.png) from the browser test.
+screenshots: deps $(VENV)/.installed-test ## Retake the README's screenshots (docs/*.png) from the browser test.
 	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES="$(TEST_PACKAGES)"
 	SCREENSHOTS_DIR=docs $(PY) -m pytest tests/test_browser.py -q
 
-lint: deps
+lint: deps $(VENV)/.installed-test
 	$(PY) -m ruff check .
 
-bench: deps ## Benchmarks: print figures and ratios against the tools users would pick instead.
+bench: deps $(VENV)/.installed-test ## Benchmarks: print figures and ratios against the tools users would pick instead.
 	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
 	$(PY) -m pip install -q 'netfilterqueue>=1.1'
 	$(PY) bench/startup.py
@@ -66,9 +67,18 @@ system-deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+# A venv left half-made by an interrupted run (no pip in it) is made again, not patched.
+$(VENV)/.venv-ok:
+	@if ! $(PY) -m pip --version >/dev/null 2>&1; then rm -rf $(VENV) && python3 -m venv $(VENV); fi
 	$(PY) -m pip install -q --upgrade pip
+	touch $@
+
+# make run needs only the runtime packages; make test adds its own on top.
+$(VENV)/.installed: pyproject.toml | $(VENV)/.venv-ok
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 

@@ -12,7 +12,7 @@ import yaml
 from playwright.sync_api import Page, expect
 
 from services.common import messages, queue
-from tests.helpers.procs import REPO
+from tests.helpers.procs import REPO, wait_for
 from tests.helpers.stack import PASSWORD, Stack
 
 pytestmark = pytest.mark.timeout(300)
@@ -125,11 +125,28 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
         document.querySelector('[data-testid=state-health]')?.textContent)).observe(document.body,
         {subtree: true, childList: true, characterData: true}); }""")
     old_pid = stack.states()["health"]["pid"]
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.click("[data-testid=restart-health]")
     wait_js(page, "window.seen.some(s => s && s !== 'RUNNING')")
     expect(page.get_by_test_id("state-health")).to_have_text("RUNNING", timeout=30_000)
-    assert stack.states()["health"]["pid"] != old_pid
+    assert stack.states()["health"]["pid"] != old_pid and asked == ["Restart health?"]
     shot(page, "services", tmp_path)
+    # Declining the question changes nothing.
+    kept = stack.states()["health"]["pid"]
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("[data-testid=restart-health]")
+    time.sleep(1)
+    assert stack.states()["health"]["pid"] == kept
+
+    # The dashboard restarted from its own row comes back, and so does the page.
+    old_pid = stack.states()["dashboard"]["pid"]
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("[data-testid=restart-dashboard]")
+    wait_for(lambda: stack.states()["dashboard"]["pid"] not in (old_pid, 0), 30)
+    wait_for(lambda: stack.states()["dashboard"]["statename"] == "RUNNING", 30)
+    expect(page.get_by_test_id("state-dashboard")).to_have_text("RUNNING", timeout=30_000)
+    expect(page.get_by_test_id("connection")).to_have_text("live", timeout=30_000)
 
     # Install and remove a preset (a user preset served by the https test server).
     small = os.urandom(200_000)
@@ -173,6 +190,13 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     page.goto(base + "/")
     expect(page.get_by_test_id("state-worker")).to_have_text("RUNNING")
     shot(page, "overview-phone-dark", tmp_path)
+    # Every service's state stays on screen, and no page is wider than the phone.
+    page.goto(base + "/services")
+    for name in ("comfyui", "worker", "dashboard"):
+        expect(page.get_by_test_id(f"state-{name}")).to_be_visible()
+    for path in ("/", "/services", "/downloads", "/presets", "/models/loras", "/logs/worker"):
+        page.goto(base + path)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
     assert violations == []
 
 

@@ -688,3 +688,15 @@ def test_the_status_is_never_served_older_than_its_bound(stack, base, bearer):
         assert body["comfyui"]["state"] == "unreachable" and body["comfyui"]["observed_at"] >= asked - 0.5
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_the_downloads_page_says_when_no_worker_runs(stack, base):
+    session, _ = login(base)
+    assert 'data-testid="worker-down"' not in session.get(f"{base}/downloads").text
+    stack.ctl("stop", "worker")
+    try:
+        page = session.get(f"{base}/downloads").text
+        assert "The worker is <strong>STOPPED</strong>: downloads stay queued until it runs." in page
+    finally:
+        stack.ctl("start", "worker")
+    assert 'data-testid="worker-down"' not in session.get(f"{base}/downloads").text

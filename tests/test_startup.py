@@ -270,3 +270,19 @@ def test_a_pre_start_hook_past_its_time_is_stopped_with_its_children(tmp_path, r
     assert "still running after 1 s (PRE_START_TIMEOUT) and was stopped" in out.stderr
     child = int((workspace / "child.pid").read_text())
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+
+def test_the_start_banner_says_where_to_go_and_where_the_password_is(tmp_path, run_dir):
+    workspace = tmp_path / "ws"
+    first = entrypoint(workspace, run_dir, DASHBOARD_PORT="8080", COMFYUI_PORT="8188", DASHBOARD_LISTEN="0.0.0.0")
+    assert "The dashboard    http://<this machine>:8080" in first.stderr
+    assert "ComfyUI          http://<this machine>:8188" in first.stderr
+    assert f"the generated one, in {workspace / 'config' / 'dashboard.password'}" in first.stderr
+    generated = (workspace / "config" / "dashboard.password").read_text().strip()
+    assert first.stderr.count(generated) == 1  # printed once, when made; the banner never shows it
+    on_runpod = entrypoint(workspace, run_dir, RUNPOD_POD_ID="abc123", DASHBOARD_PASSWORD="pw-mine-sentinel")
+    assert "https://abc123-8080.proxy.runpod.net" in on_runpod.stderr
+    assert "the DASHBOARD_PASSWORD you set" in on_runpod.stderr and "pw-mine-sentinel" not in on_runpod.stderr
+    # The generated password stopped working when DASHBOARD_PASSWORD was set: its file goes, and says so.
+    assert not (workspace / "config" / "dashboard.password").exists()
+    assert "DASHBOARD_PASSWORD is set: removed" in on_runpod.stderr

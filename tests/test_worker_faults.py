@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from services.common import bus, jobs, messages, queue
+from services.common import bus, history, jobs, messages, queue
 from tests.helpers.procs import wait_for
 from tests.helpers.stack import PASSWORD
 
@@ -186,3 +186,48 @@ def test_health_tells_a_busy_worker_that_consumes_from_one_that_does_not(stack_f
         os.kill(main, signal.SIGCONT)
     worker_check("ok", "it consumes its queue")
     server.clear_faults()
+
+
+def test_the_download_history_survives_a_restart_and_a_clear_is_kept(stack_factory, module_file_server):
+    """Redis persists nothing: the finished jobs come back from the volume at the next start (they were
+    wiped, 1 job -> 0, although DOWNLOADS_HISTORY_DAYS says 7), and jobs the user cleared stay cleared."""
+    server = module_file_server
+    first = stack_factory(**ENV).start()
+    first.wait_running()
+    client = bus.connect(first.settings)
+    send = queue.download_sender(first.settings)
+    kept_spec = messages.DownloadSpec(url=server.add("kept.bin", b"k" * 1000), folder="loras", filename="kept.bin")
+    kept, _ = jobs.submit(first.settings, client, kept_spec, send)
+    gone_spec = messages.DownloadSpec(url=server.url("missing.bin"), folder="loras", filename="missing.bin")
+    failed, _ = jobs.submit(first.settings, client, gone_spec, send)
+    assert wait_end(client, kept.id).state == "done" and wait_end(client, failed.id).state == "failed"
+    # The user clears one of them (what the downloads page's "Clear finished" does for all).
+    history_file = first.settings.paths.download_history
+    jobs.forget(client, [failed.id])
+    history.forget(history_file, [failed.id])
+    with open(history_file, "a") as handle:
+        handle.write('{"id": "cut-short-by-a-cra')  # a crash mid-line loses that line only
+    first.stop()
+
+    second = stack_factory(**ENV)
+    second.env["WORKSPACE"] = first.env["WORKSPACE"]
+    second.start()
+    second.wait_running()
+    base = f"http://127.0.0.1:{second.env['DASHBOARD_PORT']}"
+    bearer = {"Authorization": f"Bearer {PASSWORD}"}
+
+    def listed() -> list[dict]:
+        return requests.get(f"{base}/api/downloads", headers=bearer, timeout=10).json()["downloads"]
+
+    shown = wait_for(lambda: listed() or None, 30, what="the history back")
+    assert [(j["id"], j["state"], j["filename"]) for j in shown] == [(kept.id, "done", "kept.bin")]
+    # Clearing through the API is kept across the next restart as well.
+    assert requests.delete(f"{base}/api/downloads", headers=bearer, timeout=10).json() == {"cleared": 1}
+    second.stop()
+    third = stack_factory(**ENV)
+    third.env["WORKSPACE"] = first.env["WORKSPACE"]
+    third.start()
+    third.wait_running()
+    base = f"http://127.0.0.1:{third.env['DASHBOARD_PORT']}"
+    time.sleep(3)  # the reconciler's first pass runs a second after the worker starts
+    assert listed() == []

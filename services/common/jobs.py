@@ -164,6 +164,12 @@ def retry(client: redis.Redis, job_id: str, send: Send) -> DownloadJob | None:
     return job
 
 
+def put_back(client: redis.Redis, job: DownloadJob) -> None:
+    """A finished job restored from the history on the volume, unchanged (its `updated` kept, no event)."""
+    event = DownloadEvent(job=job)
+    client.hset(messages.snapshot_key(event.kind), event.subject, event.to_json())
+
+
 def forget(client: redis.Redis, job_ids: list[str]) -> None:
     if job_ids:
         client.hdel(messages.snapshot_key(DownloadEvent.kind), *job_ids)

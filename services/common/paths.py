@@ -193,6 +193,11 @@ class Paths:
     def logs(self) -> Path:
         return self.workspace / "logs"
 
+    @property
+    def download_history(self) -> Path:
+        """Finished downloads, one JSON line each (services/common/history.py): the history survives restarts."""
+        return self.logs / "downloads-history.jsonl"
+
     def log_file(self, service: str) -> Path:
         return self.logs / f"{service}.log"
 

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
 from pydantic import ValidationError
 
-from services.common import comfyui, credentials, jobs, nodes, presets, safemode
+from services.common import comfyui, credentials, history, jobs, nodes, presets, safemode
 from services.common.errors import BadInput, NotFound, Problem
 from services.common.messages import DownloadSpec
 from services.common.settings import Settings, check_token
@@ -234,6 +234,7 @@ def retry_download(job_id: str):
 def clear_history():
     finished = [j.id for j in jobs.all_jobs(client()) if j.terminal]
     jobs.forget(client(), finished)
+    history.forget(settings().paths.download_history, finished)  # or the next start brings them back
     return jsonify(cleared=len(finished))
 
 

@@ -6,6 +6,7 @@ import datetime
 import logging
 import socket
 import time
+import urllib.parse
 
 from flask import Flask, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
@@ -88,6 +89,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not settings.dashboard_auth:
         log.warning("DASHBOARD_AUTH=off: anyone who reaches the dashboard or ComfyUI controls the stack")
     app.jinja_env.filters["size"] = _size
+    # Where a file comes from, with its port (a 404 from a mirror on :8080 must say which).
+    app.jinja_env.filters["host"] = lambda url: urllib.parse.urlsplit(url or "").netloc.rsplit("@", 1)[-1]
     app.jinja_env.filters["duration"] = _duration
     app.jinja_env.filters["clock"] = lambda ts: time.strftime("%H:%M:%S", time.localtime(ts))
     app.session_interface = _SessionInterface()

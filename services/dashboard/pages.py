@@ -43,7 +43,13 @@ def logs(name: str = "comfyui"):
 
 @bp.get("/downloads")
 def downloads():
-    return _page("downloads.html", downloads=jobs.all_seen(client()), folders=state.folders())
+    return _page(
+        "downloads.html",
+        downloads=jobs.all_seen(client()),
+        folders=state.folders(),
+        # Queued jobs with no worker to run them must say so, not sit at "queued".
+        worker_state=state.program_state(settings(), "worker"),
+    )
 
 
 @bp.get("/presets")

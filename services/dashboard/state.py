@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 import xmlrpc.client
 
@@ -60,9 +62,19 @@ def services(settings: Settings) -> list[dict]:
     return out
 
 
+def program_state(settings: Settings, name: str) -> str | None:
+    """One program's state name (RUNNING, STOPPED, FATAL...); None when supervisord does not answer."""
+    try:
+        return next((s["state"] for s in services(settings) if s["name"] == name), None)
+    except Unavailable:
+        return None
+
+
 def control(settings: Settings, name: str, action: str) -> dict:
     if name not in PROGRAMS:
         raise NotFound(f"no program {name!r}: one of {', '.join(PROGRAMS)}")
+    if name == "dashboard" and action == "restart":
+        return _restart_self(settings)
     rpc = supervisor.rpc(settings, timeout=timeouts.SUPERVISOR_CONTROL)
     try:
         if action in ("stop", "restart"):
@@ -75,6 +87,27 @@ def control(settings: Settings, name: str, action: str) -> dict:
     except OSError as exc:
         raise Unavailable(f"supervisord is not answering on its socket: {exc}") from None
     return {"name": name, "state": info["statename"], "pid": info["pid"] or None}
+
+
+# The helper waits this long so the answer reaches the browser before the dashboard stops.
+SELF_RESTART_DELAY = 0.5
+
+
+def _restart_self(settings: Settings) -> dict:
+    """The dashboard's own restart, handed to a helper: done in this process, stopping the dashboard
+    ends the request that was to start it again, and it stayed STOPPED. The helper runs in a session of
+    its own, so supervisord's stop (which takes the dashboard's process group) leaves it alone; it asks
+    supervisord to restart the dashboard, which then comes back on its own. The page reconnects."""
+    script = f'sleep {SELF_RESTART_DELAY} && exec "$0" -m services.ctl restart dashboard'
+    subprocess.Popen(
+        ["sh", "-c", script, sys.executable],
+        cwd=settings.app_dir,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return {"name": "dashboard", "state": "RESTARTING", "pid": os.getpid()}
 
 
 def _unless_already(call, name: str, already: str) -> None:

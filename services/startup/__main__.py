@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from services.common import service, supervisor
+from services.common import door, service, supervisor
 from services.common.files import write_atomic
 from services.common.settings import Settings, inherited_environment, unknown_settings
 from services.startup.steps import STEPS, StepError
@@ -39,6 +39,29 @@ def run_steps(settings: Settings, t0_ns: int | None = None) -> dict:
     return report
 
 
+def address(settings: Settings, port: int, pod_id: str | None) -> str:
+    """Where a user opens a port: RunPod's proxy URL on a pod, else this machine's address."""
+    if pod_id:
+        return f"https://{pod_id}-{port}.proxy.runpod.net"
+    host = settings.dashboard_listen
+    return f"http://{'<this machine>' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
+def banner(settings: Settings, pod_id: str | None) -> list[str]:
+    """The lines a user looks for among hundreds: where to go and how to log in (never the password)."""
+    if settings.dashboard_password is not None:
+        login = "the DASHBOARD_PASSWORD you set"
+    elif settings.dashboard_auth:
+        login = f"the generated one, in {settings.paths.password_file} (cat it in a terminal)"
+    else:
+        login = "none: DASHBOARD_AUTH=off"
+    lines = ["=" * 72]
+    for port in door.ports(settings):
+        lines.append(f"  {port.title:<16} {address(settings, port.public, pod_id)}")
+    lines += [f"  {'password':<16} {login}", "=" * 72]
+    return lines
+
+
 def supervisord_argv(settings: Settings) -> list[str]:
     """supervisord through services.supervise, which makes it hear signals at once (see there)."""
     if importlib.util.find_spec("supervisor") is None:
@@ -64,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("startup failed: %s: %s", exc.strerror or type(exc).__name__, exc.filename or exc)
         return 1
     log.info("startup steps done in %.1f ms", report["total_ms"])
+    for line in banner(settings, os.environ.get("RUNPOD_POD_ID")):
+        log.warning("%s", line)
     if args.no_exec:
         return 0
     env = {**inherited_environment(), **supervisor.environment(settings)}

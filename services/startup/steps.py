@@ -163,6 +163,10 @@ def ensure_secrets(settings: Settings) -> list[str]:
     notes = []
     try:
         credentials.ensure_secret(paths.session_key_file, 48)
+        if settings.dashboard_password is not None and paths.password_file.exists():
+            # Its password stopped working when DASHBOARD_PASSWORD was set: leaving it would mislead.
+            paths.password_file.unlink()
+            notes.append(f"DASHBOARD_PASSWORD is set: removed {paths.password_file}, whose password no longer works")
         if settings.dashboard_password is None:
             password, created = credentials.ensure_secret(paths.password_file, 18)
             if created:

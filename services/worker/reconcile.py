@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from services.common import jobs, messages
+from services.common import history, jobs, messages
 from services.common.messages import DownloadJob
 from services.common.paths import ALL_FOLDERS, MANIFEST, WorkFiles
 from services.common.settings import Settings
@@ -31,8 +31,9 @@ def run(settings: Settings, client: redis.Redis, send: Callable[[str], None]) ->
     if not client.set(messages.reconcile_lock_key(), "1", nx=True, ex=PASS_LOCK_SECONDS):
         return {}
     try:
-        counts = {"rebuilt": 0, "requeued": 0, "cleaned": 0, "pruned": 0}
+        counts = {"rebuilt": 0, "requeued": 0, "cleaned": 0, "pruned": 0, "restored": 0}
         now = time.time()
+        counts["restored"] = _restore_history(settings, client, now)
         for manifest_path in _manifests(settings):
             work = WorkFiles.of_manifest(manifest_path)
             manifest = download.Manifest.load(manifest_path)
@@ -58,9 +59,21 @@ def run(settings: Settings, client: redis.Redis, send: Callable[[str], None]) ->
                 counts["requeued"] += 1
                 log.info("re-queued job %s: its worker went silent", job.id)
         counts["pruned"] = jobs.prune_history(settings, client)
+        history.rewrite(settings.paths.download_history, [j for j in jobs.all_jobs(client) if j.terminal])
         return counts
     finally:
         client.delete(messages.reconcile_lock_key())
+
+
+def _restore_history(settings: Settings, client: redis.Redis, now: float) -> int:
+    """Finished jobs the volume remembers and Redis lost (a restart, a Redis stop) put back as they were."""
+    since = now - settings.downloads_history_days * 86400
+    restored = 0
+    for job in history.load(settings.paths.download_history, since):
+        if jobs.get(client, job.id) is None:
+            jobs.put_back(client, job)
+            restored += 1
+    return restored
 
 
 def _manifests(settings: Settings) -> list[Path]:

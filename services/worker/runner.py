@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from services.common import credentials, jobs, messages, presets
+from services.common import credentials, history, jobs, messages, presets
 from services.common.hashing import RedisHashCache
 from services.common.messages import DownloadJob
 from services.common.settings import Settings
@@ -37,9 +37,10 @@ def _presets_changed(settings: Settings, client: redis.Redis, job: DownloadJob) 
         log.warning("cannot publish preset states: %s", exc)
 
 
-def _finish(client: redis.Redis, job: DownloadJob, state: str, error: str | None = None) -> None:
+def _finish(settings: Settings, client: redis.Redis, job: DownloadJob, state: str, error: str | None = None) -> None:
     job.state, job.error, job.finished, job.speed, job.eta = state, error, time.time(), 0.0, None
     _save(client, job)
+    history.record(settings.paths.download_history, job)
     try:
         jobs.release(client, job)
         client.delete(messages.download_cancel_key(job.id))
@@ -62,17 +63,17 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
         _save(client, job)
         return BUSY_RETRY_SECONDS
     except download.Cancelled:
-        _finish(client, job, "cancelled")
+        _finish(settings, client, job, "cancelled")
         _presets_changed(settings, client, job)
         return None
     except DownloadError as exc:
         log.warning("job %s failed: %s", job.id, exc)
-        _finish(client, job, "failed", str(exc))
+        _finish(settings, client, job, "failed", str(exc))
         _presets_changed(settings, client, job)
         return None
     job.sha256, job.bytes_done, job.total = outcome.sha256, outcome.size, outcome.size
     job.already_present, job.resumed_from = outcome.already_present, outcome.resumed_from
-    _finish(client, job, "done")
+    _finish(settings, client, job, "done")
     _presets_changed(settings, client, job)
     log.info(
         "job %s done: %s (%d bytes, %d fetched, resumed from %d)",
@@ -100,12 +101,13 @@ def _startable(settings: Settings, client: redis.Redis, job_id: str) -> Download
             log.info("job %s: already running in %s; this delivery is a duplicate", job.id, holder)
             return None
     if jobs.cancel_requested(client, job.id):
-        _finish(client, job, "cancelled")
+        _finish(settings, client, job, "cancelled")
         return None
     job.attempts += 1
     if job.attempts > settings.downloads_max_attempts:
         attempts = job.attempts - 1
         _finish(
+            settings,
             client,
             job,
             "failed",
