@@ -105,16 +105,23 @@ files:
     ("body", "line", "field", "message"),
     [
         ("id: x\nname: [unclosed\n", 3, None, "YAML syntax error"),
-        (GOOD + "colour: blue\n", 10, "colour", "Extra inputs are not permitted"),
+        (GOOD + "colour: blue\n", 10, "colour", "unknown field 'colour': the fields are id, name"),
+        (
+            GOOD.replace("    size: 1234", "    sha265: abc"),
+            9,
+            "files.0.sha265",
+            "unknown field 'sha265': did you mean 'sha256'?",
+        ),
+        (GOOD + "    sha256: 1234567890\n", 10, "files.0.sha256", "YAML read it as a number: put it in quotes"),
         (GOOD.replace("folder: checkpoints", "folder: models"), 7, "files.0.folder", "unknown ComfyUI model folder"),
         (GOOD.replace("filename: m.safetensors", "filename: ../../m.safetensors"), 8, "files.0.filename", "is a path"),
-        (GOOD.replace("https://example.com", "http://example.com"), 6, "files.0.url", "must be an https:// URL"),
+        (GOOD.replace("https://example.com", "http://example.com"), 6, "files.0.url", "DOWNLOADS_ALLOW_PRIVATE_HOSTS"),
         (GOOD + "    sha256: abc123\n", 10, "files.0.sha256", "64 hexadecimal"),
         (GOOD.replace("    size: 1234\n", ""), 6, "files.0", "give `size`"),
         ("- just\n- a list\n", 1, None, "one mapping"),
         (GOOD + "workflow: javascript:alert(1)\n", 10, "workflow", "must be an https:// link"),
         (GOOD + "workflow: data:text/html,x\n", 10, "workflow", "must be an https:// link"),
-        (GOOD.replace("files:", "files:\n  - ref: nope\nold:"), None, None, "Extra inputs"),
+        (GOOD.replace("files:", "files:\n  - ref: nope\nold:"), None, None, "unknown field 'old'"),
     ],
 )
 def test_a_broken_user_preset_is_reported_and_built_ins_still_load(settings, body, line, field, message):
@@ -122,6 +129,7 @@ def test_a_broken_user_preset_is_reported_and_built_ins_still_load(settings, bod
     cat = catalogue(settings)
     assert len([e for e in cat.entries.values() if e.source == "builtin"]) >= 25
     assert "my-model" not in cat.entries
+    assert len(cat.errors) == 1, [str(e) for e in cat.errors]  # one mistake, one message
     error = cat.errors[0]
     assert error.path.endswith("mine.yaml") and message in error.message, str(error)
     if line:
@@ -257,3 +265,11 @@ def test_unknown_preset(settings, redis_client):
 def test_preset_events_round_trip():
     event = messages.PresetState(id="sdxl", state="partial", files_done=1, files_total=2)
     assert messages.parse_event(json.dumps(event.model_dump())) == event
+
+
+def test_a_user_preset_may_use_http_when_private_hosts_are_allowed(settings):
+    write_user(settings, "mine.yaml", GOOD.replace("https://example.com", "http://10.0.0.5:8000"))
+    assert "my-model" not in catalogue(settings).entries
+    allow = settings.model_copy(update={"downloads_allow_private_hosts": True})
+    found = catalogue(allow)
+    assert found.errors == [] and found.entries["my-model"].files[0].url.startswith("http://10.0.0.5:8000/")

@@ -6,6 +6,7 @@ referenced by id (`- ref: t5xxl_fp16`). A user preset with a built-in's id wins,
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 from dataclasses import dataclass, field
@@ -91,18 +92,28 @@ def _parse(path: Path) -> _Parsed:
     return _Parsed(path.read_text())
 
 
+def _fields(loc: tuple) -> list[str]:
+    """The fields allowed where an unknown one was found (a file entry's, or the preset's own)."""
+    model = ModelFile if len(loc) > 1 and loc[0] == "files" else Preset
+    return list(model.model_fields)
+
+
+def _message(error: dict, loc: tuple) -> str:
+    if error["type"] == "extra_forbidden" and loc:
+        name, allowed = str(loc[-1]), _fields(loc[:-1])
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "the fields are " + ", ".join(allowed)
+        return f"unknown field {name!r}: {hint}"
+    return error["msg"].removeprefix("Value error, ")
+
+
 def _validation_errors(path: Path, exc: ValidationError, node: yaml.Node | None) -> list[PresetError]:
     out = []
     for error in exc.errors():
         loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in ("ModelFile", "FileRef")))
         loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("function-", "tagged-union"))))
         out.append(
-            PresetError(
-                str(path),
-                _line_of(node, loc),
-                ".".join(str(p) for p in loc) or None,
-                error["msg"].removeprefix("Value error, "),
-            )
+            PresetError(str(path), _line_of(node, loc), ".".join(str(p) for p in loc) or None, _message(error, loc))
         )
     return out
 
@@ -140,7 +151,11 @@ def _yaml_error(path: Path, exc: Exception) -> PresetError:
 
 
 def _load_dir(
-    directory: Path, source: Literal["builtin", "user"], shared: dict[str, ModelFile], catalogue: Catalogue
+    directory: Path,
+    source: Literal["builtin", "user"],
+    shared: dict[str, ModelFile],
+    catalogue: Catalogue,
+    allow_http: bool = False,
 ) -> None:
     if not directory.is_dir():
         return
@@ -158,7 +173,7 @@ def _load_dir(
             catalogue.errors.append(PresetError(str(path), 1, None, "a preset file holds one mapping (id, name, ...)"))
             continue
         try:
-            preset = Preset.model_validate(data)
+            preset = Preset.model_validate(data, context={"allow_http": allow_http})
             files = preset.resolved(shared)
         except ValidationError as exc:
             catalogue.errors += _validation_errors(path, exc, parsed.node)
@@ -207,7 +222,7 @@ def load(settings: Settings) -> Catalogue:
     Parsed once and kept while no preset file changes (a stat per file tells), so listing stays cheap.
     """
     builtin = settings.app_dir / "presets"
-    signature = _signature(builtin, settings.paths.user_presets)
+    signature = (_signature(builtin, settings.paths.user_presets), settings.downloads_allow_private_hosts)
     if signature in _cache:
         return _cache[signature]
     catalogue = _read(settings, builtin)
@@ -220,7 +235,7 @@ def _read(settings: Settings, builtin: Path) -> Catalogue:
     shared, errors = load_shared(builtin)
     catalogue = Catalogue(errors=list(errors))
     _load_dir(builtin, "builtin", shared, catalogue)
-    _load_dir(settings.paths.user_presets, "user", shared, catalogue)
+    _load_dir(settings.paths.user_presets, "user", shared, catalogue, settings.downloads_allow_private_hosts)
     return catalogue
 
 

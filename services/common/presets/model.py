@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from services.common.hashing import check_sha256
 from services.common.paths import ALL_FOLDERS, check_filename
@@ -39,9 +48,23 @@ class ModelFile(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _https(cls, value: str) -> str:
+    def _https(cls, value: str, info: ValidationInfo) -> str:
+        # http:// only where private hosts are allowed (a local mirror), and only in the user's presets.
+        if (info.context or {}).get("allow_http") and value.startswith("http://"):
+            return value
         if not value.startswith("https://"):
-            raise ValueError("must be an https:// URL")
+            raise ValueError(
+                "must be an https:// URL (http:// is accepted in your own presets when"
+                " DOWNLOADS_ALLOW_PRIVATE_HOSTS is on, for a mirror on your network)"
+            )
+        return value
+
+    @field_validator("sha256", "filename", mode="before")
+    @classmethod
+    def _quoted(cls, value: Any) -> Any:
+        # YAML reads a sha256 made only of digits as a number (and drops its leading zeros).
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError('YAML read it as a number: put it in quotes, e.g. sha256: "0123..."')
         return value
 
     @field_validator("folder")
@@ -88,6 +111,17 @@ class FileRef(BaseModel):
     ref: str
 
 
+def _file_kind(value: Any) -> str:
+    """A file entry with `ref` names a shared file; any other is a file of its own. Deciding first means
+    one wrong field gives one message, not one for each kind of entry it fails to be."""
+    return "FileRef" if isinstance(value, dict) and "ref" in value else "ModelFile"
+
+
+FileEntry = Annotated[
+    Annotated[ModelFile, Tag("ModelFile")] | Annotated[FileRef, Tag("FileRef")], Discriminator(_file_kind)
+]
+
+
 class Preset(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -97,7 +131,7 @@ class Preset(BaseModel):
     category: Category
     base: str = Field(min_length=1, description="base model family, e.g. SDXL, FLUX.1, Wan 2.1")
     tags: list[str] = []
-    files: list[ModelFile | FileRef] = Field(min_length=1)
+    files: list[FileEntry] = Field(min_length=1)
     custom_nodes: list[str] = []
     workflow: str | None = None
     licence: str | None = None
