@@ -171,13 +171,25 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     (s.paths.user_presets / "ui-test.yaml").write_text(yaml.safe_dump(preset))
     page.goto(base + "/presets?q=ui-test")
     state = page.get_by_test_id("preset-state-ui-test")
-    expect(state).to_have_text("missing")
+    expect(state).to_have_text("not installed")
     page.click("[data-testid=install-ui-test]")
     expect(state).to_have_text("installed", timeout=30_000)
+    # The card follows without a reload: its count and the file's own state.
+    expect(page.get_by_test_id("preset-progress-ui-test")).to_contain_text("1 of 1 file on the volume")
+    expect(page.get_by_test_id("file-state-ui_preset.safetensors")).to_have_text("verified")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("[data-testid=remove-ui-test]")
-    expect(state).to_have_text("missing", timeout=30_000)
+    expect(state).to_have_text("not installed", timeout=30_000)
+    expect(page.get_by_test_id("file-state-ui_preset.safetensors")).to_have_text("not downloaded")
     assert not (s.paths.models / "checkpoints" / "ui_preset.safetensors").exists()
+    # A file that fails (its sha256 is wrong) says so on the card, with the reason.
+    broken = {**preset, "id": "ui-broken", "name": "UI broken preset"}
+    broken["files"] = [{**preset["files"][0], "filename": "ui_broken.safetensors", "sha256": "0" * 64}]
+    (s.paths.user_presets / "ui-broken.yaml").write_text(yaml.safe_dump(broken))
+    page.goto(base + "/presets?q=ui-broken")
+    page.click("[data-testid=install-ui-broken]")
+    expect(page.get_by_test_id("file-state-ui_broken.safetensors")).to_have_text("failed", timeout=30_000)
+    expect(page.get_by_test_id("file-error-ui_broken.safetensors")).to_contain_text("sha256")
     page.goto(base + "/presets")
     shot(page, "presets", tmp_path)
     page.goto(base + "/models/loras")

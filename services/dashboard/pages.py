@@ -60,7 +60,7 @@ def presets_page():
     )
     return _page(
         "presets.html",
-        presets=listed,
+        presets=state.with_failures(client(), listed),
         errors=catalogue.errors,
         category=request.args.get("category", ""),
         q=request.args.get("q", ""),

@@ -23,6 +23,7 @@ from services.common import (
     messages,
     nodes,
     packages,
+    presets,
     safemode,
     supervisor,
     timeouts,
@@ -60,6 +61,36 @@ def services(settings: Settings) -> list[dict]:
             }
         )
     return out
+
+
+def with_failures(client: redis.Redis, listed: list[dict]) -> list[dict]:
+    """Presets as listed, each missing file that the last download of it failed marked so, with the
+    reason (a wrong sha256, a 404): the card says why a file is still missing."""
+    try:
+        failed = {}
+        for job in sorted(jobs.all_jobs(client), key=lambda j: j.finished or j.updated):
+            key = f"{job.folder}/{job.filename}"
+            if job.state == "failed":
+                failed[key] = job.error
+            elif job.state in ("done", "queued", "running", "verifying"):
+                failed.pop(key, None)
+    except redis.RedisError:
+        return listed
+    for preset in listed:
+        for f in preset["files"]:
+            key = f"{f['folder']}/{f['filename']}"
+            if f["state"] in ("missing", "wrong") and key in failed:
+                f["state"], f["error"] = "failed", failed[key]
+        counted = [f for f in preset["files"] if f["state"] in ("verified", "present")]
+        preset["files_done"], preset["files_total"] = len(counted), len(preset["files"])
+    return listed
+
+
+def presets_with(settings: Settings, client: redis.Redis, folder: str, filename: str) -> list[dict]:
+    """The presets (as listed) that hold this file: a download's end changes their cards."""
+    catalogue = presets.load(settings)
+    ids = [e.preset.id for e in catalogue.entries.values() if any(f.key == f"{folder}/{filename}" for f in e.files)]
+    return with_failures(client, [presets.show(settings, client, i, catalogue) for i in ids])
 
 
 def program_state(settings: Settings, name: str) -> str | None:

@@ -13,7 +13,7 @@ import redis
 from flask import render_template, request
 from flask_sock import ConnectionClosed, Sock
 
-from services.common import bus, jobs, messages
+from services.common import bus, jobs, messages, presets
 from services.common.errors import NotFound, Unavailable
 from services.common.settings import Settings
 from services.dashboard import state
@@ -63,9 +63,19 @@ def event_messages(settings: Settings, client: redis.Redis, event: messages.Even
     if isinstance(event, messages.DownloadProgress):
         return [render_template("partials/download_row.html", job=event.job, oob=True)]
     if isinstance(event, messages.DownloadEvent):
-        return [render_template("partials/downloads_rows.html", downloads=jobs.all_seen(client), oob=True)]
+        out = [render_template("partials/downloads_rows.html", downloads=jobs.all_seen(client), oob=True)]
+        if event.job.terminal and event.job.filename:
+            # A file of a preset ended (done, or failed with a reason): its cards show it at once.
+            for p in state.presets_with(settings, client, event.job.folder, event.job.filename):
+                out.append(render_template("partials/preset_files.html", p=p, oob=True))
+        return out
     if isinstance(event, messages.PresetState):
-        return [render_template("partials/preset_state.html", id=event.id, state=event.state, oob=True)]
+        out = [render_template("partials/preset_state.html", id=event.id, state=event.state, oob=True)]
+        try:
+            p = state.with_failures(client, [presets.show(settings, client, event.id)])[0]
+        except NotFound:
+            return out
+        return [*out, render_template("partials/preset_files.html", p=p, oob=True)]
     if isinstance(event, messages.HealthCheck | messages.HealthState):
         return [render_template("partials/health.html", health=state.health(client), oob=True)]
     return []
