@@ -700,3 +700,14 @@ def test_the_downloads_page_says_when_no_worker_runs(stack, base):
     finally:
         stack.ctl("start", "worker")
     assert 'data-testid="worker-down"' not in session.get(f"{base}/downloads").text
+
+
+def test_each_page_has_its_own_title_and_no_dev_tool_logs_outside_the_dev_image(stack, base):
+    session, _ = login(base)
+    titles = set()
+    for path in ("/", "/services", "/logs/worker", "/downloads", "/presets", "/models/loras", "/settings"):
+        page = session.get(f"{base}{path}").text
+        titles.add(re.search(r"<title>([^<]+)</title>", page).group(1))
+    assert len(titles) == 7 and "Downloads · ComfyUI-Docker" in titles
+    logs = session.get(f"{base}/logs/worker").text
+    assert "/logs/jupyter" not in logs and "/logs/code-server" not in logs and "/logs/supervisord" in logs

@@ -153,9 +153,11 @@ def test_redirect_to_a_forbidden_host_is_refused(s, file_server):
 def test_client_errors_fail_at_once_with_a_fix(s, file_server, status, message):
     file_server.add("f.bin", b"data")
     file_server.fault("f.bin", status=status)
-    with pytest.raises(DownloadError, match=message):
+    with pytest.raises(DownloadError, match=message) as raised:
         fetch(s, file_server.url("f.bin"))
     assert len(file_server.requests) == 1  # no retry of a 4xx
+    if status == 404:  # the URL as the user gave it, its port included
+        assert f"at http://127.0.0.1:{file_server.port}/f.bin" in str(raised.value)
 
 
 def test_server_errors_are_retried_then_give_up(s, file_server):

@@ -232,11 +232,20 @@ def test_workspace_is_not_a_mount_warns(tmp_path, run_dir):
     assert bound.returncode == 0 and "is not a mount of its own" not in bound.stderr, bound.stderr
 
 
-def test_the_pre_start_hook_runs_with_its_output_in_the_log_and_without_the_stacks_secrets(tmp_path, run_dir):
+def with_hook(tmp_path: Path, script: str) -> Path:
+    """A workspace whose config/pre-start.sh is `script`."""
     workspace = tmp_path / "ws"
     (workspace / "config").mkdir(parents=True)
-    (workspace / "config" / "pre-start.sh").write_text(
-        'echo "hello from $PWD"\necho "password:${DASHBOARD_PASSWORD:-none} hf:${HF_TOKEN:-none}"\ntouch made-by-hook\n'
+    (workspace / "config" / "pre-start.sh").write_text(script)
+    return workspace
+
+
+def test_the_pre_start_hook_runs_with_its_output_in_the_log_and_without_the_stacks_secrets(tmp_path, run_dir):
+    workspace = with_hook(
+        tmp_path,
+        'echo "hello from $PWD"\n'
+        'echo "password:${DASHBOARD_PASSWORD:-none} hf:${HF_TOKEN:-none}"\n'
+        "touch made-by-hook\n",
     )
     out = entrypoint(workspace, run_dir, DASHBOARD_PASSWORD="pw-sentinel", HF_TOKEN="hf_for_the_hook")
     assert out.returncode == 0, out.stderr
@@ -248,9 +257,7 @@ def test_the_pre_start_hook_runs_with_its_output_in_the_log_and_without_the_stac
 
 
 def test_a_failing_pre_start_hook_is_reported_and_the_stack_starts(tmp_path, run_dir):
-    workspace = tmp_path / "ws"
-    (workspace / "config").mkdir(parents=True)
-    (workspace / "config" / "pre-start.sh").write_text("echo about to fail\nexit 3\n")
+    workspace = with_hook(tmp_path, "echo about to fail\nexit 3\n")
     out = entrypoint(workspace, run_dir, DASHBOARD_PASSWORD="x")
     assert out.returncode == 0, out.stderr
     assert "pre-start: about to fail" in out.stderr
@@ -259,10 +266,8 @@ def test_a_failing_pre_start_hook_is_reported_and_the_stack_starts(tmp_path, run
 
 
 def test_a_pre_start_hook_past_its_time_is_stopped_with_its_children(tmp_path, run_dir):
-    workspace = tmp_path / "ws"
-    (workspace / "config").mkdir(parents=True)
-    (workspace / "config" / "pre-start.sh").write_text(
-        "sleep 300 &\necho $! > child.pid\necho waiting\ntrap '' TERM\nwhile true; do sleep 0.1; done\n"
+    workspace = with_hook(
+        tmp_path, "sleep 300 &\necho $! > child.pid\necho waiting\ntrap '' TERM\nwhile true; do sleep 0.1; done\n"
     )
     out = entrypoint(workspace, run_dir, DASHBOARD_PASSWORD="x", PRE_START_TIMEOUT="1")
     assert out.returncode == 0, out.stderr

@@ -200,7 +200,9 @@ def test_the_download_history_survives_a_restart_and_a_clear_is_kept(stack_facto
     kept, _ = jobs.submit(first.settings, client, kept_spec, send)
     gone_spec = messages.DownloadSpec(url=server.url("missing.bin"), folder="loras", filename="missing.bin")
     failed, _ = jobs.submit(first.settings, client, gone_spec, send)
-    assert wait_end(client, kept.id).state == "done" and wait_end(client, failed.id).state == "failed"
+    done = wait_end(client, kept.id)
+    assert done.state == "done" and wait_end(client, failed.id).state == "failed"
+    assert done.speed > 0  # a finished job keeps its average speed (it used to say 0.0)
     # The user clears one of them (what the downloads page's "Clear finished" does for all).
     history_file = first.settings.paths.download_history
     jobs.forget(client, [failed.id])
@@ -209,25 +211,29 @@ def test_the_download_history_survives_a_restart_and_a_clear_is_kept(stack_facto
         handle.write('{"id": "cut-short-by-a-cra')  # a crash mid-line loses that line only
     first.stop()
 
-    second = stack_factory(**ENV)
-    second.env["WORKSPACE"] = first.env["WORKSPACE"]
-    second.start()
-    second.wait_running()
-    base = f"http://127.0.0.1:{second.env['DASHBOARD_PORT']}"
+    def again():
+        """The next start on the same volume: a new (empty) Redis."""
+        nonlocal base
+        stack = stack_factory(**ENV)
+        stack.env["WORKSPACE"] = first.env["WORKSPACE"]
+        stack.start()
+        stack.wait_running()
+        base = f"http://127.0.0.1:{stack.env['DASHBOARD_PORT']}"
+        return stack
+
     bearer = {"Authorization": f"Bearer {PASSWORD}"}
 
     def listed() -> list[dict]:
         return requests.get(f"{base}/api/downloads", headers=bearer, timeout=10).json()["downloads"]
+
+    base = ""
+    second = again()
 
     shown = wait_for(lambda: listed() or None, 30, what="the history back")
     assert [(j["id"], j["state"], j["filename"]) for j in shown] == [(kept.id, "done", "kept.bin")]
     # Clearing through the API is kept across the next restart as well.
     assert requests.delete(f"{base}/api/downloads", headers=bearer, timeout=10).json() == {"cleared": 1}
     second.stop()
-    third = stack_factory(**ENV)
-    third.env["WORKSPACE"] = first.env["WORKSPACE"]
-    third.start()
-    third.wait_running()
-    base = f"http://127.0.0.1:{third.env['DASHBOARD_PORT']}"
+    again()
     time.sleep(3)  # the reconciler's first pass runs a second after the worker starts
     assert listed() == []

@@ -157,7 +157,7 @@ class DownloadJob(DownloadSpec):
     state: DownloadState = "queued"
     bytes_done: int = 0
     total: int | None = None
-    speed: float = 0.0
+    speed: float = 0.0  # bytes/s: now while running, the average once done
     eta: float | None = None
     error: str | None = None
     attempts: int = 0

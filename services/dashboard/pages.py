@@ -38,7 +38,7 @@ def services():
 def logs(name: str = "comfyui"):
     if name not in state.LOG_NAMES:
         name = "comfyui"
-    return _page("logs.html", name=name, names=state.LOG_NAMES, lines=state.log_tail(settings(), name, 300))
+    return _page("logs.html", name=name, names=state.log_names(settings()), lines=state.log_tail(settings(), name, 300))
 
 
 @bp.get("/downloads")

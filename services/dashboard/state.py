@@ -38,6 +38,12 @@ PROGRAMS = (*SERVICES, "jupyter", "code-server")
 LOG_NAMES = (*PROGRAMS, "supervisord")
 
 
+def log_names(settings: Settings) -> list[str]:
+    """The logs worth a tab here: the dev tools' only in the image that has them."""
+    dev = door.devtools_installed(settings)
+    return [n for n in LOG_NAMES if dev or n not in ("jupyter", "code-server")]
+
+
 def services(settings: Settings) -> list[dict]:
     try:
         infos = supervisor.rpc(settings, timeout=timeouts.SUPERVISOR_QUERY).supervisor.getAllProcessInfo()

@@ -39,7 +39,9 @@ class TransientError(Exception):
 def shown(url: str) -> str:
     """A URL fit for a message or a log: host and path only (signed query strings stay out)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{parts.path}"
+    # The port stays (a mirror on :8080 must be named as it is); user and password never come.
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def origin(url: str) -> tuple[str, str, int]:

@@ -37,8 +37,11 @@ def _presets_changed(settings: Settings, client: redis.Redis, job: DownloadJob) 
         log.warning("cannot publish preset states: %s", exc)
 
 
-def _finish(settings: Settings, client: redis.Redis, job: DownloadJob, state: str, error: str | None = None) -> None:
-    job.state, job.error, job.finished, job.speed, job.eta = state, error, time.time(), 0.0, None
+def _finish(
+    settings: Settings, client: redis.Redis, job: DownloadJob, state: str, error: str | None = None, speed: float = 0.0
+) -> None:
+    """The job's end; `speed`: the average of a finished transfer (a done job used to say 0.0 B/s)."""
+    job.state, job.error, job.finished, job.speed, job.eta = state, error, time.time(), speed, None
     _save(client, job)
     history.record(settings.paths.download_history, job)
     try:
@@ -54,6 +57,7 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
     if job is None:
         return None
     job.state, job.error, job.heartbeat = "running", None, time.time()
+    begin = time.monotonic()
     _save(client, job)
     try:
         outcome = download.fetch(job.id, job.spec, _context(settings, client, job, owner))
@@ -73,7 +77,8 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
         return None
     job.sha256, job.bytes_done, job.total = outcome.sha256, outcome.size, outcome.size
     job.already_present, job.resumed_from = outcome.already_present, outcome.resumed_from
-    _finish(settings, client, job, "done")
+    took = time.monotonic() - begin
+    _finish(settings, client, job, "done", speed=outcome.fetched / took if outcome.fetched and took > 0 else 0.0)
     _presets_changed(settings, client, job)
     log.info(
         "job %s done: %s (%d bytes, %d fetched, resumed from %d)",
