@@ -196,6 +196,13 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     expect(page.locator("td", has_text="model.safetensors")).to_be_visible()
     shot(page, "models", tmp_path)
 
+    # A new API token is listed at once, beside being shown once.
+    page.goto(base + "/settings")
+    page.fill("input[name=name]", "browser-token")
+    page.click("form[data-show-token] button")
+    expect(page.locator("[data-token]")).to_contain_text("New token (shown once): ")
+    expect(page.locator("#token-list")).to_contain_text("browser-token")
+
     # A phone, in dark mode: still readable.
     page.set_viewport_size({"width": 390, "height": 844})
     page.emulate_media(color_scheme="dark")

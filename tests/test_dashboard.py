@@ -711,3 +711,22 @@ def test_each_page_has_its_own_title_and_no_dev_tool_logs_outside_the_dev_image(
     assert len(titles) == 7 and "Downloads · ComfyUI-Docker" in titles
     logs = session.get(f"{base}/logs/worker").text
     assert "/logs/jupyter" not in logs and "/logs/code-server" not in logs and "/logs/supervisord" in logs
+
+
+def test_states_say_what_is_true_without_comfyui_and_with_redis_stopped_by_hand(stack_factory, tmp_path):
+    bare = stack_factory(COMFYUI_DIR=str(tmp_path / "no-comfyui"), HEALTH_INTERVAL="1").start()
+    bare.wait_running()
+    base = f"http://127.0.0.1:{bare.env['DASHBOARD_PORT']}"
+    session, _ = login(base)
+    # The program is RUNNING (it waits for ComfyUI to appear): the row says what it waits for.
+    page = wait_for(
+        lambda: (p := session.get(f"{base}/services").text) and "waiting: ComfyUI is not installed" in p and p, 30
+    )
+    assert 'data-testid="state-comfyui">RUNNING' in page
+    # The header's ComfyUI link says ComfyUI is not up (health's last round).
+    wait_for(lambda: "ComfyUI ↗ (not up)" in session.get(f"{base}/services").text, 30)
+    # Redis stopped by hand is not "restarted on its own".
+    bare.ctl("stop", "redis")
+    down = session.get(f"{base}/downloads")
+    assert down.status_code == 503 and 'data-testid="redis-stopped"' in down.text
+    assert "restarts what failed on its own" not in down.text

@@ -14,13 +14,24 @@ bp = Blueprint("pages", __name__)
 
 
 def _page(template: str, **context: object) -> str:
-    return render_template(template, settings=settings(), **context)
+    return render_template(template, settings=settings(), comfyui_up=_comfyui_up(), **context)
+
+
+def _comfyui_up() -> bool | None:
+    """What the last health round said of ComfyUI (one Redis read): the header's link says when it is down."""
+    try:
+        check = state.health(client())["checks"].get("comfyui")
+    except (redis.RedisError, OSError, Unavailable):
+        return None
+    return None if check is None else check["status"] == "ok"  # warn: starting, or not installed
 
 
 @bp.errorhandler(redis.RedisError)
 @bp.errorhandler(Unavailable)
 def reconnecting(exc: Exception):
-    return render_template("reconnecting.html", settings=settings(), message=str(exc)), 503
+    # A Redis stopped by hand stays stopped: "the stack restarts it" would be untrue then.
+    stopped = state.program_state(settings(), "redis") in ("STOPPED", "EXITED", "FATAL")
+    return render_template("reconnecting.html", settings=settings(), message=str(exc), redis_stopped=stopped), 503
 
 
 @bp.get("/")

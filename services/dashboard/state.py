@@ -64,6 +64,10 @@ def services(settings: Settings) -> list[dict]:
                 "pid": info["pid"] or None,
                 "uptime": int(now - info["start"]) if running and info["start"] else None,
                 "description": info["description"],
+                # The comfyui program stays RUNNING while it waits for ComfyUI to be installed: say so.
+                "note": "waiting: ComfyUI is not installed"
+                if info["name"] == "comfyui" and running and comfyui_status.missing(settings)
+                else None,
             }
         )
     return out

@@ -23,7 +23,19 @@
       if (elt.hasAttribute("data-reset-on-success")) elt.reset();
       if (elt.hasAttribute("data-reload-on-success")) location.reload();
       if (elt.hasAttribute("data-show-token")) {
-        try { elt.querySelector("[data-token]").textContent = "New token (shown once): " + JSON.parse(xhr.responseText).token; } catch (e) { /* not JSON */ }
+        try {
+          var made = JSON.parse(xhr.responseText);
+          elt.querySelector("[data-token]").textContent = "New token (shown once): " + made.token;
+          // Listed at once, not after a reload (its Revoke button comes with the next page load).
+          var list = document.getElementById("token-list");
+          if (list) {
+            var empty = list.querySelector("[data-empty]");
+            if (empty) empty.remove();
+            var item = document.createElement("li");
+            item.textContent = made.name + " (" + made.id + ")";
+            list.appendChild(item);
+          }
+        } catch (e) { /* not JSON */ }
       }
       return;
     }
