@@ -730,3 +730,9 @@ def test_states_say_what_is_true_without_comfyui_and_with_redis_stopped_by_hand(
     down = session.get(f"{base}/downloads")
     assert down.status_code == 503 and 'data-testid="redis-stopped"' in down.text
     assert "restarts what failed on its own" not in down.text
+
+
+def test_a_preset_card_says_how_much_gpu_memory_it_needs(stack, base):
+    session, _ = login(base)
+    page = session.get(f"{base}/presets?q=sdxl").text
+    assert 'data-testid="vram-sdxl">Needs about 8 GB of GPU memory (no GPU seen here).' in page

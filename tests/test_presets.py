@@ -273,3 +273,11 @@ def test_a_user_preset_may_use_http_when_private_hosts_are_allowed(settings):
     allow = settings.model_copy(update={"downloads_allow_private_hosts": True})
     found = catalogue(allow)
     assert found.errors == [] and found.entries["my-model"].files[0].url.startswith("http://10.0.0.5:8000/")
+
+
+def test_a_preset_may_say_how_much_gpu_memory_it_needs(settings):
+    write_user(settings, "mine.yaml", GOOD.replace("base: SDXL\n", "base: SDXL\nvram_gb: 8\n"))
+    assert presets.show(settings, None, "my-model")["vram_gb"] == 8
+    write_user(settings, "mine.yaml", GOOD.replace("base: SDXL\n", "base: SDXL\nvram_gb: -1\n"))
+    assert catalogue(settings).errors[0].field == "vram_gb"
+    assert presets.show(settings, None, "sdxl")["vram_gb"] == 8

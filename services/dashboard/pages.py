@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from flask import Blueprint, render_template, request
 
-from services.common import credentials, jobs, presets
+from services.common import credentials, gpu, jobs, presets
 from services.common.errors import Unavailable
 from services.dashboard import state
 from services.dashboard.context import client, settings
@@ -72,6 +72,8 @@ def presets_page():
     return _page(
         "presets.html",
         presets=state.with_failures(client(), listed),
+        # The largest GPU's memory, against each preset's vram_gb (None without a GPU).
+        gpu_memory=max((g.memory_total for g in gpu.probe().gpus), default=None),
         errors=catalogue.errors,
         category=request.args.get("category", ""),
         q=request.args.get("q", ""),

@@ -130,6 +130,7 @@ class Preset(BaseModel):
     description: str = ""
     category: Category
     base: str = Field(min_length=1, description="base model family, e.g. SDXL, FLUX.1, Wan 2.1")
+    vram_gb: float | None = Field(None, gt=0, le=1024, description="GPU memory it needs, about, in GB")
     tags: list[str] = []
     files: list[FileEntry] = Field(min_length=1)
     custom_nodes: list[str] = []

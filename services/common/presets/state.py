@@ -90,6 +90,7 @@ def describe(settings: Settings, item: Entry, states: dict[str, FileState], free
         "description": p.description,
         "category": p.category,
         "base": p.base,
+        "vram_gb": p.vram_gb,
         "tags": p.tags,
         "custom_nodes": p.custom_nodes,
         "workflow": p.workflow,
