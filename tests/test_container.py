@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import requests
 
 from tests.helpers import docker as engine
 from tests.helpers.fileserver import FileServer
-from tests.helpers.procs import free_port, wait_for
+from tests.helpers.procs import REPO, free_port, wait_for
 
 pytestmark = [
     pytest.mark.timeout(1500),
@@ -58,8 +59,17 @@ class Container:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    daemon = engine.start_engine()
+def daemon():
+    started = engine.start_engine()
+    try:
+        yield
+    finally:
+        engine.cleanup()
+        engine.stop_engine(started)
+
+
+@pytest.fixture(scope="module")
+def image(daemon, tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
     repo = engine.StandinRepo(root)
     try:
@@ -69,8 +79,6 @@ def image(tmp_path_factory):
         yield engine.IMAGE
     finally:
         repo.close()
-        engine.cleanup()
-        engine.stop_engine(daemon)
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +189,53 @@ def test_docker_stop_with_a_download_running_and_the_download_resumes_after_star
         assert hashlib.sha256(final.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
     finally:
         server.stop()
+
+
+def test_make_run_on_a_fresh_debian_installs_what_it_needs_and_recovers_a_half_made_venv(daemon, tmp_path):
+    """The README's first command on a minimal Debian with only git, make and ca-certificates (no python3,
+    no python3-venv, no redis, no nginx), as root, with a venv left half-made by an interrupted run."""
+    source = tmp_path / "src"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    for rel in filter(None, tracked):
+        if (REPO / rel).is_file():
+            (source / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, source / rel)
+    (source / ".venv" / "bin").mkdir(parents=True)
+    (source / ".venv" / "bin" / "python").write_text("")  # what an interrupted `python3 -m venv` can leave
+    ports = {name: free_port() for name in ("COMFYUI_PORT", "COMFYUI_INTERNAL_PORT", "DASHBOARD_PORT", "HEALTH_PORT")}
+    name = f"cdfresh-{os.getpid()}"
+    command = ["run", "-d", "--name", name, "--network=host", "-v", f"{source}:/src:ro"]
+    for key, value in {**ports, "DASHBOARD_PASSWORD": PASSWORD}.items():
+        command += ["-e", f"{key}={value}"]
+    command += [
+        engine.fresh_image(),
+        "bash",
+        "-c",
+        "cp -a /src /root/comfyui-docker && cd /root/comfyui-docker && make run",
+    ]
+    engine.docker(*command)
+    try:
+        login = f"http://127.0.0.1:{ports['DASHBOARD_PORT']}/login"
+
+        deadline = time.monotonic() + 900
+        while True:
+            if engine.docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() != "true":
+                raise AssertionError("make run ended: " + engine.docker("logs", name).stderr[-3000:])
+            try:
+                if requests.get(login, timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "the dashboard of `make run` on a fresh Debian never answered"
+            time.sleep(1)
+        out = engine.docker("logs", name)
+        logs = out.stdout + out.stderr
+        assert "installing Debian packages: redis-server nginx python3-venv" in logs
+        assert "Traceback" not in logs and "No module named pip" not in logs
+        listed = engine.docker("exec", name, "/root/comfyui-docker/.venv/bin/python", "-m", "pip", "list").stdout
+        assert "Flask" in listed and "playwright" not in listed.lower()  # make run: runtime packages only
+    finally:
+        print(engine.docker("logs", name, check=False).stdout[-2000:])
+        engine.docker("rm", "-f", name, check=False)

@@ -28,6 +28,7 @@ RUN = Path("/run/comfyui-docker-test")
 SOCKET = RUN / "docker.sock"
 DOCKER = "/usr/bin/docker"
 BASE = "comfyui-docker-test/base:bookworm"
+FRESH = "comfyui-docker-test/fresh:bookworm"
 IMAGE = "comfyui-docker-test/image:runtime"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
@@ -92,20 +93,24 @@ def _has_image(tag: str) -> bool:
 
 
 def base_image() -> str:
-    """Debian bookworm from debootstrap, made once per machine (about 40 s) and kept in the engine."""
-    if _has_image(BASE):
-        return BASE
-    rootfs = CACHE / "rootfs"
+    """The build's stand-in for the CUDA base: Debian with python3, which uv then uses."""
+    return _debian(BASE, "ca-certificates,python3")
+
+
+def fresh_image() -> str:
+    """A fresh machine as the README means it: a minimal Debian with git, make and ca-certificates only."""
+    return _debian(FRESH, "ca-certificates,git,make")
+
+
+def _debian(tag: str, packages: str) -> str:
+    """Debian bookworm from debootstrap, made once per machine (about 40 s) and kept in the engine, with
+    this machine's extra CA certificates (it reaches PyPI through its own CA)."""
+    if _has_image(tag):
+        return tag
+    rootfs = CACHE / f"rootfs-{tag.rsplit('/', 1)[-1].replace(':', '-')}"
     shutil.rmtree(rootfs, ignore_errors=True)  # a half-made one from an interrupted run
     subprocess.run(
-        [
-            "debootstrap",
-            "--variant=minbase",
-            "--include=ca-certificates,python3",
-            "bookworm",
-            str(rootfs),
-            DEBIAN_MIRROR,
-        ],
+        ["debootstrap", "--variant=minbase", f"--include={packages}", "bookworm", str(rootfs), DEBIAN_MIRROR],
         capture_output=True,
         check=True,
         timeout=900,
@@ -117,27 +122,15 @@ def base_image() -> str:
     shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
     (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True)
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    subprocess.run(
-        [
-            DOCKER,
-            "import",
-            "--change",
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            # uv trusts only its own roots unless told: this machine reaches PyPI through its own CA.
-            "--change",
-            "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
-            "-",
-            BASE,
-        ],
-        stdin=tar.stdout,
-        env=env(),
-        capture_output=True,
-        check=True,
-        timeout=600,
-    )
+    changes = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    # uv and pip trust only their own roots unless told: point both at the system's bundle.
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    changes += [f"ENV SSL_CERT_FILE={bundle}", f"ENV PIP_CERT={bundle}"]
+    command = [DOCKER, "import", *(arg for change in changes for arg in ("--change", change)), "-", tag]
+    subprocess.run(command, stdin=tar.stdout, env=env(), capture_output=True, check=True, timeout=600)
     tar.wait()
     shutil.rmtree(rootfs, ignore_errors=True)
-    return BASE
+    return tag
 
 
 def uv_version() -> str:
