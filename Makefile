@@ -8,7 +8,9 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Host-mode defaults (the image sets its own in docker/Dockerfile).
 export WORKSPACE ?= $(CURDIR)/workspace
-export RUN_DIR ?= /tmp/comfyui-docker-$(shell id -u)
+# The run dir of the last `make run` is remembered (.venv/run-dir), so `make ctl` finds the running stack's
+# sockets without RUN_DIR repeated.
+export RUN_DIR ?= $(or $(shell cat $(CURDIR)/.venv/run-dir 2>/dev/null),/tmp/comfyui-docker-$(shell id -u))
 export COMFYUI_DIR ?= $(CURDIR)/comfyui
 export COMFYUI_PYTHON ?= $(COMFYUI_DIR)/.venv/bin/python
 export COMFYUI_LISTEN ?= 127.0.0.1
@@ -25,6 +27,7 @@ COMFYUI_REF ?= $(shell grep -v '^\#' config/comfyui.ref)
 .PHONY: run test lint bench ctl deps system-deps comfyui clean screenshots pins
 
 run: deps ## The whole stack in the foreground; Ctrl-C stops it.
+	echo "$(RUN_DIR)" > $(VENV)/run-dir
 	exec docker/entrypoint.sh
 
 pins: ## Re-resolve ComfyUI's release and every node's branch head (needs GitHub); review the diff

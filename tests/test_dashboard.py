@@ -736,3 +736,23 @@ def test_a_preset_card_says_how_much_gpu_memory_it_needs(stack, base):
     session, _ = login(base)
     page = session.get(f"{base}/presets?q=sdxl").text
     assert 'data-testid="vram-sdxl">Needs about 8 GB of GPU memory (no GPU seen here).' in page
+
+
+def test_a_download_row_names_the_preset_it_belongs_to(stack, base, bearer, server):
+    data = b"p" * 5000
+    preset = {
+        "id": "row-test",
+        "name": "Row test preset",
+        "category": "other",
+        "base": "test",
+        "files": [{"url": server.add("row.bin", data), "folder": "loras", "filename": "row.bin", "size": len(data)}],
+    }
+    presets_dir = stack.settings.paths.user_presets
+    presets_dir.mkdir(parents=True, exist_ok=True)
+    (presets_dir / "row-test.yaml").write_text(json.dumps(preset))  # JSON is YAML
+    assert requests.post(f"{base}/api/presets/row-test/install", headers=bearer, timeout=30).status_code == 202
+    session, _ = login(base)
+    row = wait_for(
+        lambda: re.search(r'data-testid="download-row.bin".*?</tr>', session.get(f"{base}/downloads").text, re.S), 30
+    )
+    assert f"127.0.0.1:{server.port} · for Row test preset" in row.group(0)

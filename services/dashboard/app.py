@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from services.common import credentials, door
 from services.common.settings import Settings, load_settings
-from services.dashboard import api, auth, context, pages, ws
+from services.dashboard import api, auth, context, pages, state, ws
 from services.dashboard.auth import error
 
 log = logging.getLogger("dashboard")
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not settings.dashboard_auth:
         log.warning("DASHBOARD_AUTH=off: anyone who reaches the dashboard or ComfyUI controls the stack")
     app.jinja_env.filters["size"] = _size
+    app.jinja_env.filters["presets_of"] = lambda job: state.presets_of(settings, job.folder, job.filename)
     # Where a file comes from, with its port (a 404 from a mirror on :8080 must say which).
     app.jinja_env.filters["host"] = lambda url: urllib.parse.urlsplit(url or "").netloc.rsplit("@", 1)[-1]
     app.jinja_env.filters["duration"] = _duration

@@ -103,6 +103,23 @@ def presets_with(settings: Settings, client: redis.Redis, folder: str, filename:
     return with_failures(client, [presets.show(settings, client, i, catalogue) for i in ids])
 
 
+# The catalogue last read, and which presets hold each file of it (folder/filename -> names).
+_owners: tuple[object, dict[str, list[str]]] | None = None
+
+
+def presets_of(settings: Settings, folder: str, filename: str | None) -> list[str]:
+    """The presets a downloaded file belongs to (a download row says it); the map is made once per catalogue."""
+    global _owners
+    catalogue = presets.load(settings)
+    if _owners is None or _owners[0] is not catalogue:
+        mapping: dict[str, list[str]] = {}
+        for e in catalogue.entries.values():
+            for f in e.files:
+                mapping.setdefault(f.key, []).append(e.preset.name)
+        _owners = (catalogue, mapping)
+    return sorted(set(_owners[1].get(f"{folder}/{filename}", [])))
+
+
 def program_state(settings: Settings, name: str) -> str | None:
     """One program's state name (RUNNING, STOPPED, FATAL...); None when supervisord does not answer."""
     try:
