@@ -9,7 +9,7 @@ import sys
 import threading
 
 from services.comfyui.launcher import address, build_argv, environment, model_path_configs, rotate_node_trace
-from services.common import gpu, gpucheck, packages, safemode, service
+from services.common import accel, gpu, gpucheck, packages, safemode, service
 from services.common.comfyui import missing
 from services.common.ports import port_taken
 from services.common.settings import inherited_environment
@@ -68,6 +68,11 @@ def main() -> int:
         if verdict.status == "warn":
             log.warning("%s", verdict.message)
     argv = build_argv(settings, gpu=use_gpu, model_configs=configs)
+    if use_gpu:
+        # triton and SageAttention, each with a real kernel launch; a flag only for what passed.
+        found = accel.probe(settings, report, environment(settings, inherited_environment()))
+        log.info("accelerators: %s", accel.summary(found))
+        argv += accel.flags(found, settings.comfyui_extra_args())
     if mode is not None:
         others = safemode.whitelist(settings, mode)
         argv += ["--disable-all-custom-nodes", *(["--whitelist-custom-nodes", *others] if others else [])]

@@ -181,6 +181,11 @@ class Paths:
         return self.workspace / "config"
 
     @property
+    def accelerators_cache(self) -> Path:
+        """The accelerator probe's answers per GPU, driver and build (services/common/accel.py)."""
+        return self.config / "accelerators.json"
+
+    @property
     def pre_start_script(self) -> Path:
         """The user's hook, run by startup before any program (services/startup/hook.py)."""
         return self.config / "pre-start.sh"

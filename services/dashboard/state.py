@@ -14,6 +14,7 @@ import psutil
 import redis
 
 from services.common import (
+    accel,
     bus,
     door,
     gpu,
@@ -205,6 +206,8 @@ def host(settings: Settings) -> dict:
         "gpu_note": report.error,
         # The launcher's GPU preflight at ComfyUI's last start (a mismatch names the tag that fixes it).
         "preflight": preflight.as_dict() if preflight else None,
+        # triton and SageAttention as the probe found them at ComfyUI's last start on a GPU.
+        "accelerators": accel.summary(accel.last(settings)) if report.gpus else None,
     }
 
 
