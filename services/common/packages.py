@@ -69,9 +69,15 @@ def distributions(site: Path) -> dict[str, tuple[str, str]]:
     return found
 
 
+# Not pinned: pip hands PIP_CONSTRAINT on to the environments it builds source packages in, where a
+# backend may need a newer setuptools or packaging than the venv has (insightface and other nodes ship
+# sources); they are tools, not what ComfyUI imports.
+BUILD_TOOLS = {"pip", "setuptools", "wheel", "packaging"}
+
+
 def constraints_text(settings: Settings) -> str:
     venv = venv_site(settings.comfyui_python)
-    pins = distributions(venv) if venv else {}
+    pins = {k: v for k, v in (distributions(venv) if venv else {}).items() if k not in BUILD_TOOLS}
     lines = [
         "# Written by the ComfyUI launcher at each start: every package of ComfyUI's venv at its version,",
         "# so a custom node's pip install never replaces one (services/common/packages.py).",
