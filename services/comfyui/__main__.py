@@ -70,7 +70,10 @@ def main() -> int:
     argv = build_argv(settings, gpu=use_gpu, model_configs=configs)
     if use_gpu:
         # triton and SageAttention, each with a real kernel launch; a flag only for what passed.
-        found = accel.probe(settings, report, environment(settings, inherited_environment()))
+        try:
+            found = accel.probe(settings, report, environment(settings, inherited_environment()))
+        except OSError as exc:
+            found = {"cuda": None, "error": f"the probe's answer could not be written: {exc}"}
         log.info("accelerators: %s", accel.summary(found))
         argv += accel.flags(found, settings.comfyui_extra_args())
     if mode is not None:
