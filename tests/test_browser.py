@@ -54,6 +54,15 @@ def csp_violations(page: Page) -> list[str]:
     return seen
 
 
+def log_in(page) -> None:
+    """The login form on the page: a wrong password first (its message), then the right one."""
+    page.fill("#password", "wrong")
+    page.click("button[type=submit]")
+    expect(page.get_by_role("alert")).to_have_text("Wrong password.")
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+
+
 def wait_js(page: Page, expression: str, timeout: float = 30) -> None:
     """Poll an expression from outside the page: wait_for_function evaluates it inside, which the
     dashboard's Content-Security-Policy (no eval) rightly refuses."""
@@ -73,11 +82,7 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     # Log in; every service shows RUNNING.
     page.goto(base + "/")
     expect(page).to_have_url(f"{base}/login?next=/")
-    page.fill("#password", "wrong")
-    page.click("button[type=submit]")
-    expect(page.get_by_role("alert")).to_have_text("Wrong password.")
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
+    log_in(page)
     expect(page).to_have_url(base + "/")
     for name in ("redis", "comfyui", "dashboard", "worker", "health"):
         expect(page.get_by_test_id(f"state-{name}")).to_have_text("RUNNING")
@@ -228,11 +233,7 @@ def test_opening_comfyui_leads_through_the_login_page_and_back(page: Page, stack
     page.goto(comfyui + "/?workflow=mine")
     expect(page).to_have_url(comfyui + "/_frontdoor/login?next=%2F%3Fworkflow%3Dmine")
     expect(page.locator("p.hint").first).to_contain_text("behind the dashboard's login")
-    page.fill("#password", "wrong")
-    page.click("button[type=submit]")
-    expect(page.get_by_role("alert")).to_have_text("Wrong password.")
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
+    log_in(page)
     expect(page).to_have_url(comfyui + "/?workflow=mine")
     expect(page).to_have_title("ComfyUI")
     # The page's own requests ride on the cookie of this host: ComfyUI's API answers them.

@@ -71,8 +71,10 @@ def test_comfyui_gets_no_secret_of_the_stack(settings):
         "REDIS_URL": "redis://:redis-sentinel@example.com/0",
         "SUPERVISOR_SERVER_URL": "unix:///run/supervisor.sock",
         "RUN_DIR": "/run/x",
+        "RUNPOD_POD_ID": "pod123",
     }
     env = environment(settings, inherited)
+    assert env["RUNPOD_POD_ID"] == "pod123"  # RunPod's, a setting of ours too, but no secret: nodes keep it
     assert env["PATH"] == f"/usr/bin:{settings.paths.python_packages / 'bin'}"
     assert not any("sentinel" in v for v in env.values())
     assert not {"SUPERVISOR_SERVER_URL", "RUN_DIR", "REDIS_URL"} & set(env)

@@ -68,10 +68,11 @@ def main() -> int:
         if verdict.status == "warn":
             log.warning("%s", verdict.message)
     argv = build_argv(settings, gpu=use_gpu, model_configs=configs)
+    env = environment(settings, inherited_environment())
     if use_gpu:
         # triton and SageAttention, each with a real kernel launch; a flag only for what passed.
         try:
-            found = accel.probe(settings, report, environment(settings, inherited_environment()))
+            found = accel.probe(settings, report, env)
         except OSError as exc:
             found = {"cuda": None, "error": f"the probe's answer could not be written: {exc}"}
         log.info("accelerators: %s", accel.summary(found))
@@ -95,7 +96,7 @@ def main() -> int:
     if settings.comfyui_source_tokens:
         log.info("COMFYUI_SOURCE_TOKENS=on: ComfyUI's custom nodes can read HF_TOKEN and CIVITAI_TOKEN")
     sys.stderr.flush()
-    os.execve(argv[0], argv, environment(settings, inherited_environment()))
+    os.execve(argv[0], argv, env)
     return 0  # not reached
 
 

@@ -37,9 +37,10 @@ def _versions(settings: Settings) -> dict[str, str]:
     for site in (venv, packages.site_dir(settings)):
         if site is None:
             continue
+        installed = packages.distributions(site)
         for name in ("triton", "sageattention"):
-            if name in packages.distributions(site) and name not in found:
-                found[name] = packages.distributions(site)[name][0]
+            if name in installed and name not in found:
+                found[name] = installed[name][0]
     return found
 
 

@@ -86,6 +86,9 @@ class Settings(BaseModel):
     image_variant: str | None = Field(
         None, description="Set by the image (minimal, standard, full, dev) for the tag the GPU preflight names."
     )
+    runpod_pod_id: str | None = Field(
+        None, description="Set by RunPod on a pod; the start banner then prints the pod's proxy URLs."
+    )
     devtools_dir: Path = Field(
         Path("/app/devtools"), description="JupyterLab and code-server of the dev image; absent elsewhere."
     )

@@ -46,6 +46,7 @@ def without_control_plane(settings: Settings, inherited: dict[str, str]) -> dict
     the dashboard password, REDIS_URL with its password and the source tokens stay with the stack."""
     ours = {env_name(field) for field in Settings.model_fields} | set(environment(settings))
     ours.discard("PYTHONUNBUFFERED")
+    ours.discard("RUNPOD_POD_ID")  # RunPod's, read by the stack too, and no secret: nodes may use it
     return {
         name: value
         for name, value in inherited.items()

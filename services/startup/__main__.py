@@ -39,15 +39,15 @@ def run_steps(settings: Settings, t0_ns: int | None = None) -> dict:
     return report
 
 
-def address(settings: Settings, port: int, pod_id: str | None) -> str:
+def address(settings: Settings, port: int) -> str:
     """Where a user opens a port: RunPod's proxy URL on a pod, else this machine's address."""
-    if pod_id:
-        return f"https://{pod_id}-{port}.proxy.runpod.net"
+    if settings.runpod_pod_id:
+        return f"https://{settings.runpod_pod_id}-{port}.proxy.runpod.net"
     host = settings.dashboard_listen
     return f"http://{'<this machine>' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
-def banner(settings: Settings, pod_id: str | None) -> list[str]:
+def banner(settings: Settings) -> list[str]:
     """The lines a user looks for among hundreds: where to go and how to log in (never the password)."""
     if settings.dashboard_password is not None:
         login = "the DASHBOARD_PASSWORD you set"
@@ -57,7 +57,7 @@ def banner(settings: Settings, pod_id: str | None) -> list[str]:
         login = "none: DASHBOARD_AUTH=off"
     lines = ["=" * 72]
     for port in door.ports(settings):
-        lines.append(f"  {port.title:<16} {address(settings, port.public, pod_id)}")
+        lines.append(f"  {port.title:<16} {address(settings, port.public)}")
     lines += [f"  {'password':<16} {login}", "=" * 72]
     return lines
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("startup failed: %s: %s", exc.strerror or type(exc).__name__, exc.filename or exc)
         return 1
     log.info("startup steps done in %.1f ms", report["total_ms"])
-    for line in banner(settings, os.environ.get("RUNPOD_POD_ID")):
+    for line in banner(settings):
         log.warning("%s", line)
     if args.no_exec:
         return 0
