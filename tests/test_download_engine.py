@@ -99,8 +99,11 @@ def test_name_from_content_disposition_or_url(s, file_server):
     [
         ("nope", "a.bin", "unknown model folder 'nope'"),
         ("../config", "a.bin", "unknown model folder"),
-        ("loras", "a/b.bin", "is a path: give a bare file name"),
-        ("loras", "..", "starts with a dot"),
+        ("loras", "../b.bin", "not a name inside the folder"),
+        ("loras", "a//b.bin", "not a name inside the folder"),
+        ("loras", "a/b/c/d/e/f.bin", "more than 4 subfolders"),
+        ("loras", "sub/.b.bin", "starts with a dot"),
+        ("loras", "..", "not a name inside the folder"),
         ("loras", ".hidden", "starts with a dot"),
         ("loras", "a\0b", "control characters"),
         ("loras", "x.part", "ends like the download's own work files"),
@@ -587,3 +590,26 @@ def test_hugging_face_token_not_sent_to_another_port_of_its_host(s, file_server)
         assert any(r["headers"].get("Authorization") for r in file_server.requests if r["path"].startswith("/org/"))
     finally:
         other.stop()
+
+
+def test_a_name_with_subfolders_lands_there(s, file_server):
+    """ComfyUI reads `sub/name` in a model folder (a workflow names files so): made, never through a link."""
+    url = file_server.add("deep.bin", b"d" * 1000)
+    outcome = fetch(s, url, folder="controlnet", filename="SDXL\\canny/deep.bin")
+    assert outcome.path == s.paths.models / "controlnet" / "SDXL" / "canny" / "deep.bin"
+    (s.paths.models / "loras").mkdir(parents=True, exist_ok=True)
+    (s.paths.models / "loras" / "out").symlink_to(s.workspace)
+    with pytest.raises(DownloadError, match="is a symbolic link"):
+        fetch(s, url, folder="loras", filename="out/deep.bin")
+    assert not (s.workspace / "deep.bin").exists()
+
+
+def test_hugging_face_urls_are_fetched_from_a_mirror(s, file_server):
+    """HF_ENDPOINT set to a mirror: a huggingface.co URL (a workflow's, a preset's) is read from it."""
+    data = blob(1000)
+    file_server.add("org/repo/resolve/main/m.safetensors", data)
+    mirror = s.model_copy(update={"hf_endpoint": file_server.base_url})
+    out = fetch(mirror, "https://huggingface.co/org/repo/resolve/main/m.safetensors?download=true", folder="vae")
+    assert out.path.read_bytes() == data
+    gets = [r["path"] for r in file_server.requests if r["method"] == "GET"]
+    assert gets and set(gets) == {"/org/repo/resolve/main/m.safetensors?download=true"}

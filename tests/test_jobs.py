@@ -16,7 +16,7 @@ from services.common.messages import DownloadJob, DownloadSpec
         ({"url": "file:///etc/passwd"}, "url: only http and https"),
         ({"url": "http://169.254.169.254/x"}, "url: 169.254.169.254 resolves to 169.254.169.254, a link-local"),
         ({"folder": "nope"}, "folder: unknown model folder 'nope'"),
-        ({"filename": "../x"}, "filename: '../x' is a path"),
+        ({"filename": "../x"}, "filename: '../x' is not a name inside the folder"),
         ({"sha256": "abc"}, "sha256: must be 64 hexadecimal characters"),
         ({"size": -1}, "size: must be a whole number of bytes"),
     ],

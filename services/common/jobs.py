@@ -16,7 +16,7 @@ from services.common import bus, messages, netsafe
 from services.common.errors import BadInput, Conflict
 from services.common.hashing import check_sha256
 from services.common.messages import DownloadEvent, DownloadJob, DownloadProgress, DownloadSpec
-from services.common.paths import check_filename, check_folder
+from services.common.paths import check_folder, check_model_name
 from services.common.settings import Settings
 
 # Queues a job's task by its id (the dashboard's and the worker's Celery senders both fit).
@@ -32,9 +32,10 @@ def validate(settings: Settings, spec: DownloadSpec) -> DownloadSpec:
         check_folder(spec.folder)
     except ValueError as exc:
         raise BadInput(f"folder: {exc}") from None
-    if spec.filename is not None:
+    filename = spec.filename
+    if filename is not None:
         try:
-            check_filename(spec.filename)
+            filename = check_model_name(filename)
         except ValueError as exc:
             raise BadInput(f"filename: {exc}") from None
     sha256 = None
@@ -47,10 +48,10 @@ def validate(settings: Settings, spec: DownloadSpec) -> DownloadSpec:
         raise BadInput("size: must be a whole number of bytes")
     try:
         url = netsafe.clean_url(spec.url)
-        netsafe.check_url(url, settings.downloads_allow_private_hosts)
+        netsafe.check_url(netsafe.mirrored(url, settings.hf_endpoint), settings.downloads_allow_private_hosts)
     except netsafe.UnsafeUrl as exc:
         raise BadInput(f"url: {exc}") from None
-    return spec.model_copy(update={"url": url, "sha256": sha256})
+    return spec.model_copy(update={"url": url, "sha256": sha256, "filename": filename})
 
 
 def save(client: redis.Redis, job: DownloadJob, progress: bool = False) -> None:

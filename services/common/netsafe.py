@@ -159,3 +159,18 @@ def check_url(url: str, allow_private: bool = False, known: dict[tuple, Target] 
     if known is not None:
         known[key] = target
     return target
+
+
+# Hugging Face's own names: with HF_ENDPOINT set to a mirror, URLs to them are fetched from the mirror
+# (what huggingface_hub does with the same variable), so workflows and presets work behind one.
+HF_PUBLIC = frozenset({"huggingface.co", "hf.co", "www.huggingface.co"})
+
+
+def mirrored(url: str, hf_endpoint: str) -> str:
+    """`url` with a public Hugging Face origin replaced by HF_ENDPOINT's, when that is a mirror: where
+    the bytes really come from, so that is the address checked."""
+    parts = urlsplit(url)
+    if (parts.hostname or "") in HF_PUBLIC and (urlsplit(hf_endpoint).hostname or "") not in HF_PUBLIC:
+        mirror = urlsplit(hf_endpoint)
+        return urlunsplit((mirror.scheme, mirror.netloc, parts.path, parts.query, ""))
+    return url

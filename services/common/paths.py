@@ -125,6 +125,26 @@ def check_filename(name: str) -> str:
     return name
 
 
+# ComfyUI lists files in subfolders of a model folder as `sub/name`; a workflow names them so.
+MAX_SUBFOLDERS = 4
+
+
+def check_model_name(name: str) -> str:
+    """A model's name inside its folder: a bare file name, or `sub/dir/name` (ComfyUI reads subfolders),
+    each part a plain name, so the path cannot leave the folder. `\\` (a workflow saved on Windows) reads
+    as `/`. Returns the name with `/`; raises ValueError with the reason."""
+    if not name or not name.strip():
+        raise ValueError("the file name is empty")
+    parts = name.replace("\\", "/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"{name!r} is not a name inside the folder: no '..', no leading or doubled '/'")
+    if len(parts) > MAX_SUBFOLDERS + 1:
+        raise ValueError(f"{name!r} has more than {MAX_SUBFOLDERS} subfolders")
+    for part in parts:
+        check_filename(part)
+    return "/".join(parts)
+
+
 def check_folder(folder: str) -> str:
     if folder not in ALL_FOLDERS:
         raise ValueError(f"unknown model folder {folder!r}: use one of {', '.join(ALL_FOLDERS)}")
@@ -144,11 +164,11 @@ class Paths:
         return self.workspace / "models"
 
     def model_file(self, folder: str, name: str) -> Path:
-        """Where a model file lives: a known folder (resolved: it may link to another disk) and a bare
-        name (no separator, no dot start), so the result cannot leave the folder. Raises ValueError."""
+        """Where a model file lives: a known folder (resolved: it may link to another disk) and a name
+        inside it (plain parts, no dot start: `check_model_name`), so the result cannot leave the folder.
+        Raises ValueError."""
         check_folder(folder)
-        check_filename(name)
-        return Path(os.path.realpath(self.models / folder)) / name
+        return Path(os.path.realpath(self.models / folder)) / check_model_name(name)
 
     def model_folder(self, folder: str) -> Path:
         if folder not in ALL_FOLDERS:
@@ -170,6 +190,11 @@ class Paths:
     @property
     def custom_nodes(self) -> Path:
         return self.workspace / "custom_nodes"
+
+    @property
+    def node_staging(self) -> Path:
+        """Where a node pack is cloned before it moves into custom_nodes whole (same volume: one rename)."""
+        return self.workspace / "custom_nodes.incoming"
 
     @property
     def python_packages(self) -> Path:

@@ -139,7 +139,8 @@ class Settings(BaseModel):
     hf_token: SecretStr | None = Field(None, description="Hugging Face token, sent only to Hugging Face hosts.")
     civitai_token: SecretStr | None = Field(None, description="Civitai token, sent only to Civitai hosts.")
     hf_endpoint: str = Field(
-        "https://huggingface.co", description="Hugging Face's address (a mirror may be set); HF_TOKEN goes only here."
+        "https://huggingface.co",
+        description="Hugging Face's address; a mirror's serves every huggingface.co URL. HF_TOKEN goes only here.",
     )
     civitai_endpoint: str = Field("https://civitai.com", description="Civitai's address; CIVITAI_TOKEN goes only here.")
     downloads_allow_private_hosts: bool = Field(

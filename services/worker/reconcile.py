@@ -77,11 +77,11 @@ def _restore_history(settings: Settings, client: redis.Redis, now: float) -> int
 
 
 def _manifests(settings: Settings) -> list[Path]:
-    # One directory listing per model folder: no walk of the volume.
+    # Model folders and their subfolders (a workflow's `sub/name`), not the rest of the volume.
     found = []
     for folder in ALL_FOLDERS:
         with contextlib.suppress(OSError):
-            found += sorted((settings.paths.models / folder).glob(f"*{MANIFEST}"))
+            found += sorted((settings.paths.models / folder).glob(f"**/*{MANIFEST}"))
     return found
 
 

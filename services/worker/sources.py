@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
+from services.common import netsafe
 from services.common.hashing import parse_sha256
 from services.common.settings import Settings
 from services.worker.http import AccessRefused, Credential, DownloadError, Http
@@ -26,6 +27,7 @@ def _host(url: str) -> str:
 
 
 def plan(url: str, settings: Settings, http: Http) -> Plan:
+    url = netsafe.mirrored(url, settings.hf_endpoint)
     host = _host(url)
     if host in _hf_hosts(settings):
         return _huggingface(url, settings)

@@ -20,7 +20,7 @@ from services.common import netsafe
 from services.common.files import fsync_dir, write_atomic
 from services.common.hashing import cached_sha256, parse_sha256, sha256_of
 from services.common.messages import DownloadSpec
-from services.common.paths import Paths, WorkFiles
+from services.common.paths import Paths, WorkFiles, check_model_name
 from services.worker import sources
 from services.worker.download import transfer
 from services.worker.download.context import MIB, Cancelled, Context, Outcome, Progress, disk_error, size_text
@@ -40,8 +40,17 @@ def target_path(paths: Paths, folder: str, filename: str) -> Path:
     try:
         paths.model_folder(folder).mkdir(parents=True, exist_ok=True)
         target = paths.model_file(folder, filename)
+        depth = len(check_model_name(filename).split("/")) - 1
     except ValueError as exc:
         raise DownloadError(str(exc)) from None
+    # A subfolder (`sub/name`) is made here; a link on the way could lead out of the folder.
+    for sub in reversed(target.parents[:depth]):
+        if sub.is_symlink():
+            raise DownloadError(f"{sub} is a symbolic link: remove it; downloads never write through links")
+        try:
+            sub.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise DownloadError(f"cannot make the subfolder {sub}: {exc.strerror}") from None
     for path in (target, *WorkFiles(target).all()):
         if path.is_symlink():
             raise DownloadError(f"{path} is a symbolic link: remove it; downloads never write through links")
@@ -152,6 +161,7 @@ class Attempt:
         if spec.size is not None and self.probe.total is not None and spec.size != self.probe.total:
             raise DownloadError(f"the server's file is {self.probe.total} bytes, not the {spec.size} expected")
         self.target = target_path(settings.paths, spec.folder, filename)
+        self.name = check_model_name(filename)  # its name in the folder, subfolders included
         self.work = WorkFiles(self.target)
         self.lock = Lock(self.work.lock, f"{ctx.owner}:{job_id}", settings.downloads_heartbeat_stale)
         self.manifest: Manifest | None = None
@@ -177,7 +187,7 @@ class Attempt:
             raise DownloadError(sources.access_message(self.plan, status)) from None
 
     def run(self) -> Outcome:
-        self.ctx.on_resolved(self.target.name, self.probe.total)
+        self.ctx.on_resolved(self.name, self.probe.total)
         self.lock.acquire()
         try:
             return self._run()
@@ -223,7 +233,7 @@ class Attempt:
 
     def _already_there(self) -> Outcome:
         size = self.target.stat().st_size
-        name = self.target.name
+        name = self.name
         if self.probe.total is not None and size != self.probe.total:
             raise DownloadError(f"{name} already exists with another size ({size} bytes): delete it first")
         digest = cached_sha256(self.target, self.ctx.hash_cache)
@@ -253,7 +263,7 @@ class Attempt:
                 largest = settings.downloads_segment_mb * MIB
                 segments = plan_segments(total, largest, settings.downloads_connections)
             url = netsafe.clean_url(self.spec.url)
-            spec = self.spec.model_copy(update={"url": url, "filename": self.target.name, "sha256": self.expected_sha})
+            spec = self.spec.model_copy(update={"url": url, "filename": self.name, "sha256": self.expected_sha})
             manifest = Manifest(self.job_id, spec, total, probe_.validator, segments, boot_id=boot_id())
         self.manifest = manifest
         present = self.work.part.stat().st_size if self.work.part.exists() else 0
