@@ -55,6 +55,7 @@ bench: deps $(VENV)/.installed-test ## Benchmarks: print figures and ratios agai
 	$(PY) -m pip install -q 'netfilterqueue>=1.1'
 	$(PY) bench/startup.py
 	$(PY) bench/presets.py
+	$(PY) bench/workflows.py
 	$(PY) bench/dashboard.py
 	$(PY) bench/frontdoor.py
 	$(PY) bench/faults.py

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image, PngImagePlugin
 from playwright.sync_api import Page, expect
 
 from services.common import messages, queue
@@ -33,6 +36,7 @@ def stack(tmp_path_factory, tls):
         DOWNLOADS_ALLOW_PRIVATE_HOSTS="1",
         DOWNLOADS_RESERVE_MB="0",
         SSL_CERT_FILE=str(tls.cert),
+        HF_ENDPOINT=f"https://localhost:{tls.port}",  # a mirror: a workflow's huggingface.co URLs come here
         HEALTH_INTERVAL="1",
     )
     stack.start()
@@ -218,7 +222,7 @@ def test_a_person_uses_the_dashboard(page: Page, stack, tls, tmp_path):
     page.goto(base + "/services")
     for name in ("comfyui", "worker", "dashboard"):
         expect(page.get_by_test_id(f"state-{name}")).to_be_visible()
-    for path in ("/", "/services", "/downloads", "/presets", "/models/loras", "/logs/worker"):
+    for path in ("/", "/services", "/downloads", "/presets", "/workflows", "/models/loras", "/logs/worker"):
         page.goto(base + path)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
     assert violations == []
@@ -239,4 +243,44 @@ def test_opening_comfyui_leads_through_the_login_page_and_back(page: Page, stack
     # The page's own requests ride on the cookie of this host: ComfyUI's API answers them.
     stats = page.evaluate("fetch('/system_stats').then(r => r.json())")
     assert stats["system"]["comfyui_version"]
+    assert violations == []
+
+
+def test_a_person_drops_an_image_and_makes_its_workflow_runnable(page: Page, stack, tls, tmp_path):
+    """An image ComfyUI saved, dropped on the Workflows page: its models listed, then installed in one go."""
+    s = stack.settings
+    base = f"http://127.0.0.1:{s.dashboard_port}"
+    violations = csp_violations(page)
+    data = os.urandom(2 * 1024 * 1024)
+    tls.add("someone/styles/resolve/main/ink_style.safetensors", data)
+    hf = "https://huggingface.co/someone/styles/resolve/main/ink_style.safetensors"
+    model = {"name": "ink_style.safetensors", "url": hf, "directory": "loras"}
+    node = {"id": 3, "type": "LoraLoader", "widgets_values": ["ink_style.safetensors", 1, 1]}
+    workflow = {"nodes": [{**node, "properties": {"cnr_id": "comfy-core", "models": [model]}}]}
+    info = PngImagePlugin.PngInfo()
+    info.add_text("workflow", json.dumps(workflow))  # as ComfyUI's SaveImage writes it
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), "white").save(image, "PNG", pnginfo=info)
+    (tmp_path / "ComfyUI_00001_.png").write_bytes(image.getvalue())
+
+    page.goto(base + "/workflows")
+    log_in(page)
+    expect(page).to_have_title("Workflows · ComfyUI-Docker")
+    expect(page.get_by_test_id("templates")).to_be_visible()
+    # A file that carries no workflow first: the message the user sees.
+    (tmp_path / "empty.json").write_text('{"hello": "world"}')
+    page.set_input_files("[data-testid=workflow-file]", str(tmp_path / "empty.json"))
+    page.click("[data-testid=workflow-analyze]")
+    expect(page.get_by_test_id("workflow-error")).to_contain_text("not a ComfyUI workflow")
+    page.set_input_files("[data-testid=workflow-file]", str(tmp_path / "ComfyUI_00001_.png"))
+    page.click("[data-testid=workflow-analyze]")
+    row = page.get_by_test_id("model-ink_style.safetensors")
+    expect(row).to_contain_text("missing")
+    expect(row).to_contain_text("workflow: huggingface.co")
+    expect(page.get_by_test_id("workflow-error")).to_have_text("")
+    shot(page, "workflows", tmp_path)
+    page.click("[data-testid=workflow-install]")
+    expect(page.get_by_test_id("install-finished")).to_have_text("done", timeout=60_000)
+    expect(page.get_by_test_id("install-progress")).to_contain_text("1 of 1 file")
+    assert (s.paths.models / "loras" / "ink_style.safetensors").read_bytes() == data
     assert violations == []

@@ -75,7 +75,6 @@ def environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]
     with a prefix and the venv pinned (services/common/packages.py).
     """
     paths = settings.paths
-    site_dir = str(settings.app_dir / "config" / "comfyui-site")
     env = supervisor.without_control_plane(settings, inherited)
     if settings.comfyui_source_tokens:
         for name, secret in (("HF_TOKEN", settings.hf_token), ("CIVITAI_TOKEN", settings.civitai_token)):
@@ -83,12 +82,7 @@ def environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]
                 env[name] = secret.get_secret_value()
     # Read by huggingface_hub in custom nodes: a mirror set for the stack is theirs too (not a secret).
     env["HF_ENDPOINT"] = settings.hf_endpoint
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (site_dir, inherited.get("PYTHONPATH", "")) if p)
-    env["COMFYUI_PACKAGES"] = str(packages.site_dir(settings))
-    env["PIP_PREFIX"] = str(paths.python_packages)
-    env["PIP_CONSTRAINT"] = str(paths.comfyui_constraints)
-    # Their console scripts, after the image's own.
-    env["PATH"] = os.pathsep.join(p for p in (inherited.get("PATH", ""), str(paths.python_packages / "bin")) if p)
+    env.update(packages.pip_environment(settings, inherited))
     # Where its sitecustomize records each custom node before importing it (services/common/nodes.py).
     env["COMFYUI_NODE_TRACE"] = str(paths.node_trace)
     env["COMFYUI_NODE_DIRS"] = os.pathsep.join((str(paths.custom_nodes), str(settings.comfyui_dir / "custom_nodes")))

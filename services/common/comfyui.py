@@ -1,12 +1,13 @@
 """ComfyUI as the other services see it: whether it is installed, and one probe of its HTTP API.
 
 The probe asks `/system_stats` (small and fast) and `/prompt` (the queue length); never `/object_info`
-(1.6 MB, a quarter of a second).
+(1.6 MB, a quarter of a second): only a workflow analysis reads it, kept a few seconds.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -151,3 +152,34 @@ def interrupt(settings: Settings) -> None:
 def clear_queue(settings: Settings) -> None:
     """Drop every waiting prompt; the running one finishes."""
     _call(settings, "POST", "/queue", {"clear": True})
+
+
+# `/object_info` is large (1.6 MB for ComfyUI's own nodes, more with custom ones): read it whole, rarely.
+OBJECT_INFO_LIMIT = 256 << 20
+OBJECT_INFO_TTL = 10.0
+_node_types: tuple[float, tuple, set[str]] | None = None
+
+
+def _start_stamp(settings: Settings) -> tuple:
+    # The launcher begins a new node trace at each ComfyUI start: a restart (new nodes) changes this.
+    try:
+        stat = settings.paths.node_trace.stat()
+    except OSError:
+        return (settings.comfyui_url, None)
+    return (settings.comfyui_url, stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def node_types(settings: Settings) -> set[str] | None:
+    """The node classes the running ComfyUI knows, or None when it does not answer (kept for a few
+    seconds within one start of ComfyUI: an analysis of many workflows asks once)."""
+    global _node_types
+    now, stamp = time.monotonic(), _start_stamp(settings)
+    if _node_types and _node_types[1] == stamp and now - _node_types[0] < OBJECT_INFO_TTL:
+        return _node_types[2]
+    try:
+        with urllib.request.urlopen(settings.comfyui_url + "/object_info", timeout=timeouts.COMFYUI_PROBE * 4) as r:  # noqa: S310 - loopback, built here
+            known = set(json.loads(r.read(OBJECT_INFO_LIMIT)))
+    except (OSError, ValueError, TypeError):
+        return None
+    _node_types = (now, stamp, known)
+    return known

@@ -20,6 +20,7 @@ EVENTS_CHANNEL = "events"
 TASK_PING = "worker.ping"
 TASK_DOWNLOAD = "downloads.fetch"
 TASK_RECONCILE = "downloads.reconcile"
+TASK_NODE_PACKS = "workflows.node_packs"
 
 # How many crash records are kept.
 CRASH_HISTORY = 200
@@ -206,9 +207,52 @@ class PresetState(Event):
         return self.id
 
 
+PackState = Literal["queued", "cloning", "installing", "installed", "skipped", "failed"]
+
+
+class NodePackInstall(BaseModel):
+    """One node pack a workflow install puts into custom_nodes (services/worker/nodepacks.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: StrictStr
+    title: StrictStr
+    commit: StrictStr | None = None  # asked for, then the one checked out
+    state: PackState = "queued"
+    message: StrictStr | None = None
+    loaded: bool | None = None  # ComfyUI's import report after the restart
+
+
+class WorkflowFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    folder: StrictStr | None
+    filename: StrictStr
+    job_id: StrictStr | None = None  # its download (queued now, or one already queued for the same file)
+    note: StrictStr | None = None  # why nothing was queued (on the volume, no source, refused)
+
+
+class WorkflowInstall(Event):
+    """A workflow being made runnable: the downloads it queued and the node packs it installs."""
+
+    kind: ClassVar[str] = "workflows"
+    type: Literal["workflow.install"] = "workflow.install"
+    id: StrictStr
+    name: StrictStr
+    created: float = Field(default_factory=time.time)
+    files: list[WorkflowFile] = []
+    packs: list[NodePackInstall] = []
+    restart: Literal["none", "pending", "restarting", "done", "failed"] = "none"
+    message: StrictStr | None = None
+
+    @property
+    def subject(self) -> str:
+        return self.id
+
+
 _EVENT_TYPES: dict[str, type[Event]] = {
     model.model_fields["type"].default: model
-    for model in (ServiceState, HealthCheck, HealthState, DownloadEvent, DownloadProgress, PresetState)
+    for model in (ServiceState, HealthCheck, HealthState, DownloadEvent, DownloadProgress, PresetState, WorkflowInstall)
 }
 
 

@@ -190,6 +190,21 @@ def prepare(settings: Settings) -> Path:
     return write_constraints(settings)
 
 
+def pip_environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]:
+    """What makes ComfyUI's python (and pip run by it, from a node or from the worker) see the volume's
+    packages after the venv's and install new ones onto the volume, the venv pinned."""
+    paths = settings.paths
+    site_folder = str(settings.app_dir / "config" / "comfyui-site")  # holds only a sitecustomize
+    return {
+        "PYTHONPATH": os.pathsep.join(p for p in (site_folder, inherited.get("PYTHONPATH", "")) if p),
+        "COMFYUI_PACKAGES": str(site_dir(settings)),
+        "PIP_PREFIX": str(paths.python_packages),
+        "PIP_CONSTRAINT": str(paths.comfyui_constraints),
+        # Their console scripts, after the image's own.
+        "PATH": os.pathsep.join(p for p in (inherited.get("PATH", ""), str(paths.python_packages / "bin")) if p),
+    }
+
+
 def requested(node_dir: Path) -> set[str]:
     """The projects a custom node's requirements.txt names (what it asked pip for)."""
     try:

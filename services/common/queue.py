@@ -59,3 +59,13 @@ def download_sender(settings: Settings) -> Callable[[str], None]:
         app.send_task(messages.TASK_DOWNLOAD, args=[job_id])
 
     return send
+
+
+def node_packs_sender(settings: Settings) -> Callable[[str], None]:
+    """Queues a workflow's node pack installs; only the install's id crosses the queue."""
+    app = client(settings)
+
+    def send(install_id: str) -> None:
+        app.send_task(messages.TASK_NODE_PACKS, args=[install_id])
+
+    return send

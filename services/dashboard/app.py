@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from services.common import credentials, door
 from services.common.settings import Settings, load_settings
-from services.dashboard import api, auth, context, pages, state, ws
+from services.dashboard import api, auth, context, pages, state, workflows, ws
 from services.dashboard.auth import error
 
 log = logging.getLogger("dashboard")
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     context.init_app(app, settings)
     auth.init_app(app, settings)
     app.register_blueprint(api.bp)
+    app.register_blueprint(workflows.bp)
     app.register_blueprint(pages.bp)
     ws.init_app(app)
 

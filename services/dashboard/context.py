@@ -1,5 +1,5 @@
 """What every request of the dashboard uses, made once per process in `create_app`: the Settings, one
-Redis client (its connection pool is shared by all threads) and one Celery sender."""
+Redis client (its connection pool is shared by all threads) and the Celery senders."""
 
 from __future__ import annotations
 
@@ -21,11 +21,15 @@ class Shared:
     settings: Settings
     redis: redis.Redis
     send: jobs.Send
+    send_packs: jobs.Send
 
 
 def init_app(app: Flask, settings: Settings) -> None:
     app.extensions[EXTENSION] = Shared(
-        settings, bus.connect(settings, timeout=REDIS_TIMEOUT), queue.download_sender(settings)
+        settings,
+        bus.connect(settings, timeout=REDIS_TIMEOUT),
+        queue.download_sender(settings),
+        queue.node_packs_sender(settings),
     )
 
 
@@ -43,3 +47,7 @@ def client() -> redis.Redis:
 
 def send(job_id: str) -> None:
     shared().send(job_id)
+
+
+def send_packs(install_id: str) -> None:
+    shared().send_packs(install_id)

@@ -6,8 +6,11 @@ import redis
 from flask import Blueprint, render_template, request
 
 from services.common import credentials, gpu, jobs, presets
-from services.common.errors import Unavailable
-from services.dashboard import state
+from services.common.errors import Problem, Unavailable
+from services.common.workflows import catalog
+from services.common.workflows import install as workflow_installs
+from services.dashboard import state, workflows
+from services.dashboard.auth import error
 from services.dashboard.context import client, settings
 
 bp = Blueprint("pages", __name__)
@@ -97,3 +100,38 @@ def settings_page():
         civitai=effective.civitai_token is not None,
         tokens=credentials.api_tokens(settings()),
     )
+
+
+@bp.get("/workflows")
+def workflows_page():
+    return _page(
+        "workflows.html",
+        templates=workflows.template_states(),
+        templates_installed=catalog.templates_dir(settings()) is not None,
+    )
+
+
+@bp.post("/workflows/analyze")
+def workflow_analysis():
+    try:
+        name, found = workflows.analysis_of_request()
+    except Problem as exc:  # shown in the form's error line, as the API's errors are
+        return error(exc.code, exc.message, exc.status)
+    return render_template("partials/workflow_analysis.html", name=name, a=found)
+
+
+@bp.post("/workflows/install")
+def workflow_install():
+    try:
+        view = workflows.install_of_request()
+    except Problem as exc:
+        return error(exc.code, exc.message, exc.status)
+    return render_template("partials/workflow_install.html", i=view)
+
+
+@bp.get("/workflows/installs/<install_id>")
+def workflow_install_view(install_id: str):
+    record = workflow_installs.get(client(), install_id)
+    if record is None:
+        return error("not_found", f"no workflow install {install_id!r}", 404)
+    return render_template("partials/workflow_install.html", i=workflow_installs.view(client(), record))

@@ -13,7 +13,7 @@ from celery import Celery
 
 from services.common import bus, messages, queue, timeouts
 from services.common.settings import Settings
-from services.worker import reconcile, runner
+from services.worker import nodepacks, reconcile, runner
 
 log = logging.getLogger("worker")
 
@@ -61,6 +61,14 @@ def create_celery(settings: Settings) -> Celery:
             release_memory()
         if wait is not None:
             raise self.retry(countdown=wait, max_retries=None)
+
+    @app.task(name=messages.TASK_NODE_PACKS, acks_late=False, ignore_result=True)
+    def node_packs(install_id: str) -> None:
+        # Not acked late: a second delivery after a lost worker would clone over a half-made install.
+        if not isinstance(install_id, str) or not _JOB_ID.fullmatch(install_id):
+            log.error("ignored a node pack task with a malformed install id")
+            return
+        nodepacks.run(settings, client(), install_id)
 
     @app.task(name=messages.TASK_RECONCILE, acks_late=False, ignore_result=True)
     def reconcile_task() -> dict:

@@ -556,7 +556,9 @@ class Server:
         return web.json_response({"supports_preview_metadata": True, "max_upload_size": 104857600})
 
     async def object_info(self, request: web.Request) -> web.Response:
-        return web.json_response({name: {"name": name, "output_node": spec["output"]} for name, spec in NODES.items()})
+        info = {name: {"name": name, "output_node": False} for name in core_classes()}
+        info.update({name: {"name": name, "output_node": spec["output"]} for name, spec in NODES.items()})
+        return web.json_response(info)
 
     async def logs_raw(self, request: web.Request) -> web.Response:
         return web.json_response({"entries": self.logs, "size": {"cols": 80, "rows": 24}})
@@ -651,6 +653,19 @@ class Server:
         app.router.add_get("/api/jobs", self.api_jobs)
         app.router.add_get("/internal/logs/raw", self.logs_raw)
         return app
+
+
+def core_classes() -> list[str]:
+    """The real ComfyUI lists its ~900 built-in classes in /object_info: this stand-in lists those that
+    ComfyUI-Manager's map (installed beside it, as in a real venv) records for ComfyUI itself."""
+    spec = importlib.util.find_spec("comfyui_manager")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    path = Path(next(iter(spec.submodule_search_locations))) / "extension-node-map.json"
+    try:
+        return json.loads(path.read_text())["https://github.com/comfyanonymous/ComfyUI"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return []
 
 
 def load_custom_node(path: str) -> bool:
