@@ -123,6 +123,9 @@ def test_the_entrypoint_becomes_pid_1_and_every_program_starts(container):
     for program in ("startup", "comfyui", "dashboard", "worker", "health", "redis"):
         assert re.search(rf"^{program} ", logs, re.M), program
     assert "Traceback" not in logs
+    # The command line is on PATH and finds this pod's dashboard and password by itself.
+    listed = json.loads(container.exec("comfyui-docker", "--json", "services", "list").stdout)
+    assert {s["name"] for s in listed["services"]} >= set(PROGRAMS) - {"events"}  # the listener is no service
 
 
 def test_health_goes_unhealthy_without_redis_and_back(container):

@@ -20,6 +20,7 @@ RECHECK_SECONDS = 5.0
 
 
 def main() -> int:
+    service.arguments("services.comfyui", __doc__)
     settings = service.start("comfyui")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

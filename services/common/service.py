@@ -6,6 +6,7 @@ anything starts.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
@@ -27,3 +28,13 @@ def start(service: str) -> Settings:
     logging.getLogger().setLevel(settings.log_level)
     log.debug("%s: settings read, log level %s", service, settings.log_level)
     return settings
+
+
+def arguments(module: str, doc: str | None, argv: list[str] | None = None) -> argparse.Namespace:
+    """A service that takes no arguments still answers `--help` (its usage, exit 0) and refuses any
+    other argument (usage, exit 2) before it reads a setting or opens a socket: a person exploring
+    gets help, not a second worker on the live stack's queue."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    return parser.parse_args(argv)

@@ -10,8 +10,20 @@ from pathlib import Path
 from services.common import service, supervisor
 from services.common.settings import inherited_environment
 
+USAGE = """usage: python -m services.ctl [supervisorctl arguments]
+
+supervisorctl on the stack's own socket: status, start/stop/restart NAME, tail [-f] NAME, ...
+`python -m services.ctl help` lists supervisorctl's commands."""
+
 
 def main() -> int:
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if sys.argv[1:2] and sys.argv[1].startswith("-"):
+        # The socket and config are the stack's own: supervisorctl's options have no use here.
+        print(f"{USAGE}\n\nunknown option {sys.argv[1]!r}", file=sys.stderr)
+        return 2
     settings = service.start("ctl")
     local = Path(sys.executable).with_name("supervisorctl")
     binary = str(local) if local.exists() else shutil.which("supervisorctl")

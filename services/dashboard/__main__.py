@@ -47,6 +47,7 @@ class DashboardServer(BaseApplication):
 
 
 def main() -> int:
+    service.arguments("services.dashboard", __doc__)
     DashboardServer(service.start("dashboard")).run()
     return 0
 

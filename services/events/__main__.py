@@ -13,6 +13,7 @@ log = logging.getLogger("events")
 
 
 def main() -> int:
+    service.arguments("services.events", __doc__)
     settings = service.start("events")
     # supervisord stops us last; a TERM is the normal way out, not a crash.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

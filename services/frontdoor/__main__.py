@@ -59,6 +59,7 @@ def reap(pid_file: Path) -> None:
 
 
 def main() -> int:
+    service.arguments("services.frontdoor", __doc__)
     settings = service.start("front-door")
     # Debian puts nginx in /usr/sbin, which a user's PATH often lacks (host mode).
     binary = shutil.which(settings.front_door_nginx) or shutil.which(settings.front_door_nginx, path=SBIN)

@@ -31,6 +31,7 @@ def reconcile_timer(settings: Settings, stop: threading.Event) -> None:
 
 
 def main() -> int:
+    service.arguments("services.worker", __doc__)
     settings = service.start("worker")
     app = create_celery(settings)
     stop = threading.Event()

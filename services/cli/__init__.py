@@ -1,0 +1,1 @@
+"""`comfyui-docker`, the command line: every dashboard operation through the API (services/cli/commands.py)."""
