@@ -11,7 +11,9 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -103,6 +105,8 @@ def test_every_subcommand_through_the_api(stack, server, env, home, tmp_path):
     matches_schema(services, "/api/services", "get")
     restarted = as_json(env, "services", "restart", "health")
     assert restarted["name"] == "health" and restarted["state"] == "RUNNING"
+    assert as_json(env, "services", "stop", "health")["state"] == "STOPPED"
+    assert as_json(env, "services", "start", "health")["state"] == "RUNNING"
     logs = as_json(env, "logs", "worker", "-n", "5")
     matches_schema(logs, "/api/logs/{name}", "get")
     assert len(logs["lines"]) <= 5
@@ -211,6 +215,27 @@ def test_wait_draws_bytes_and_speed_and_ends_0_and_a_wrong_sha256_ends_1(stack, 
     code, out = _pty_run(env, "downloads", "add", url, "--folder", "loras", "--sha256", wrong, "--wait")
     assert code == 1 and "sha256 mismatch" in out, out
     assert not (stack.settings.paths.models / "loras" / "wrong.safetensors").exists()
+
+
+def test_logs_follow_prints_new_lines_until_ctrl_c(stack, server, env):
+    follower = subprocess.Popen(
+        [str(CLI), "logs", "worker", "-n", "1", "-f"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(follower.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        # New files until one shows up: the first may be logged before the follower's socket is open.
+        for i in range(30):
+            url = server.add(f"cli/followed-{i}.bin", b"f" * 1000)
+            assert run(env, "downloads", "add", url, "--folder", "vae", "--wait").returncode == 0
+            if any("followed-" in line for line in seen):
+                break
+            time.sleep(0.5)
+        assert any("followed-" in line for line in seen), seen[-5:]
+    finally:
+        follower.send_signal(signal.SIGINT)
+    assert follower.wait(timeout=10) == 130
 
 
 def test_exit_codes_name_the_fix(stack, env):
