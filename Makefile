@@ -17,7 +17,7 @@ export COMFYUI_LISTEN ?= 127.0.0.1
 export DASHBOARD_LISTEN ?= 127.0.0.1
 
 DEBIAN_PACKAGES := redis-server nginx python3-venv
-TEST_PACKAGES := chromium openssl docker.io debootstrap
+TEST_PACKAGES := chromium openssl docker.io debootstrap libfuse2
 BENCH_PACKAGES := nginx-light aria2 curl wrk iptables iproute2 libnetfilter-queue-dev
 COMFYUI_REPO ?= https://github.com/comfyanonymous/ComfyUI
 # The pinned ComfyUI commit, written once in config/comfyui.ref (the Dockerfile's and the bake file's
@@ -52,7 +52,7 @@ lint: deps $(VENV)/.installed-test
 
 bench: deps $(VENV)/.installed-test ## Benchmarks: print figures and ratios against the tools users would pick instead.
 	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
-	$(PY) -m pip install -q 'netfilterqueue>=1.1'
+	$(PY) -m pip install -q 'netfilterqueue>=1.1' 'safetensors>=0.4' 'numpy>=1.26'
 	$(PY) bench/startup.py
 	$(PY) bench/presets.py
 	$(PY) bench/workflows.py
@@ -60,6 +60,7 @@ bench: deps $(VENV)/.installed-test ## Benchmarks: print figures and ratios agai
 	$(PY) bench/frontdoor.py
 	$(PY) bench/faults.py
 	$(PY) bench/downloads.py
+	$(PY) bench/netvolume.py
 
 deps: system-deps $(VENV)/.installed
 

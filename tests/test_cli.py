@@ -147,6 +147,9 @@ def test_every_subcommand_through_the_api(stack, server, env, home, tmp_path):
     assert "p.bin" in run(env, "models", "list", "vae").stdout
     assert "loras" in as_json(env, "models", "list")["folders"]
     assert as_json(env, "presets", "remove", "cli-pack")["removed"]
+    pinned = run(env, "models", "pin", "loras", "small.safetensors")  # this stack has no MODEL_CACHE_DIR
+    assert pinned.returncode == 1 and "no model cache on this pod: set MODEL_CACHE_DIR" in pinned.stderr
+    assert run(env, "models", "unpin", "loras", "small.safetensors").returncode == 1
     assert as_json(env, "models", "rm", "loras", "small.safetensors") == {"deleted": "loras/small.safetensors"}
 
     workflow = tmp_path / "wf.json"

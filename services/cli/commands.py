@@ -363,9 +363,10 @@ def models_list(state: State, folder: str | None) -> int:
         _print(state, answer, "\n".join(answer["folders"]))
         return 0
     answer = api.get(f"/api/models/{part(folder)}")
-    table = _table("file", "size")
+    table = _table("file", "size", "where")
     for m in answer["models"]:
-        table.add_row(m["name"], _size(m["size"]))
+        where = "volume + local disk" + (" (pinned)" if m.get("pinned") else "") if m.get("cached") else "volume"
+        table.add_row(m["name"], _size(m["size"]), where)
     _print(state, answer, table)
     return 0
 
@@ -377,6 +378,26 @@ def models_rm(state: State, folder: str, name: str) -> int:
     """Delete one model file."""
     answer = state.api().delete(f"/api/models/{part(folder)}/{part(name)}")
     _print(state, answer, f"deleted {answer['deleted']}")
+    return 0
+
+
+@command(models, "pin")
+@click.argument("folder")
+@click.argument("name")
+def models_pin(state: State, folder: str, name: str) -> int:
+    """Keep a model on this pod's own disk (MODEL_CACHE_DIR), where ComfyUI reads it first."""
+    answer = state.api().post(f"/api/models/{part(folder)}/{part(name)}/pin")
+    _print(state, answer, f"pinned {folder}/{name}: the worker copies it to this pod's disk")
+    return 0
+
+
+@command(models, "unpin")
+@click.argument("folder")
+@click.argument("name")
+def models_unpin(state: State, folder: str, name: str) -> int:
+    """Let a model leave the local cache when room is needed."""
+    answer = state.api().delete(f"/api/models/{part(folder)}/{part(name)}/pin")
+    _print(state, answer, f"unpinned {folder}/{name}")
     return 0
 
 

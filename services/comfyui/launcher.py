@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from services.common import modelpaths, packages, supervisor
+from services.common import modelpaths, packages, supervisor, volume
 from services.common.settings import Settings
 
 
@@ -59,7 +59,10 @@ def build_argv(settings: Settings, gpu: bool, model_configs: list[str]) -> list[
         argv.append("--cpu")
     if settings.comfyui_manager and (settings.comfyui_dir / "manager_requirements.txt").exists():
         argv.append("--enable-manager")
-    return argv + settings.comfyui_extra_args()
+    extra = settings.comfyui_extra_args()
+    if not volume.mmap_choice(settings)[0] and "--disable-mmap" not in extra:
+        argv.append("--disable-mmap")
+    return argv + extra
 
 
 def environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]:

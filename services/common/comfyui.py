@@ -144,6 +144,17 @@ def work(settings: Settings) -> dict:
     }
 
 
+def recent_prompts(settings: Settings, count: int = RECENT) -> list[dict]:
+    """The API-format prompts of the last `count` finished runs, newest first. Raises Unavailable."""
+    history = json.loads(_call(settings, "GET", f"/history?max_items={count}"))
+    prompts = []
+    for entry in reversed(list(history.values())):
+        item = entry.get("prompt") if isinstance(entry, dict) else None
+        if isinstance(item, list) and len(item) > 2 and isinstance(item[2], dict):
+            prompts.append(item[2])
+    return prompts
+
+
 def interrupt(settings: Settings) -> None:
     """Stop the prompt that runs now (ComfyUI's own interrupt); the queue goes on."""
     _call(settings, "POST", "/interrupt", {})

@@ -21,6 +21,7 @@ TASK_PING = "worker.ping"
 TASK_DOWNLOAD = "downloads.fetch"
 TASK_RECONCILE = "downloads.reconcile"
 TASK_NODE_PACKS = "workflows.node_packs"
+TASK_CACHE_SYNC = "models.cache_sync"
 
 # How many crash records are kept.
 CRASH_HISTORY = 200

@@ -14,8 +14,10 @@ HEADER = (
 )
 
 
-def render(paths: Paths) -> str:
-    """The workspace's models as ComfyUI's default paths, plus a legacy tree when one is found."""
+def render(paths: Paths, cache_models: Path | None = None) -> str:
+    """The workspace's models as ComfyUI's default paths, plus a legacy tree when one is found. A local
+    model cache comes after the workspace, also as default: ComfyUI puts each default path first, so the
+    cache's copy of a file is the one it finds (services/common/modelcache.py)."""
     sections: dict[str, dict[str, object]] = {
         "workspace": {
             "base_path": str(paths.models),
@@ -24,6 +26,12 @@ def render(paths: Paths) -> str:
             "custom_nodes": str(paths.custom_nodes),
         }
     }
+    if cache_models is not None:
+        sections["model_cache"] = {
+            "base_path": str(cache_models),
+            "is_default": True,
+            **{folder: folder for folder in ALL_FOLDERS},
+        }
     legacy = _legacy_section(paths.legacy_models)
     if legacy:
         sections["legacy_comfyui"] = {"base_path": str(paths.legacy_models), **legacy}

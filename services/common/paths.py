@@ -319,5 +319,10 @@ class Paths:
         return self.run_dir / "supervisor.sock"
 
     @property
+    def volume_report(self) -> Path:
+        """What the workspace sits on and how fast it reads (services/common/volume.py)."""
+        return self.run_dir / "volume.json"
+
+    @property
     def startup_report(self) -> Path:
         return self.run_dir / "startup.json"

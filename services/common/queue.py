@@ -69,3 +69,13 @@ def node_packs_sender(settings: Settings) -> Callable[[str], None]:
         app.send_task(messages.TASK_NODE_PACKS, args=[install_id])
 
     return send
+
+
+def cache_sync_sender(settings: Settings) -> Callable[[], None]:
+    """Asks the worker for a model cache pass now (a pin should not wait for the next interval)."""
+    app = client(settings)
+
+    def send() -> None:
+        app.send_task(messages.TASK_CACHE_SYNC)
+
+    return send

@@ -8,6 +8,7 @@ import os
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -72,6 +73,22 @@ class Settings(BaseModel):
     comfyui_args: str = Field("", description="Extra command-line flags for ComfyUI, shell-quoted.")
     comfyui_manager: bool = Field(
         True, description="Start ComfyUI with `--enable-manager` when its ComfyUI-Manager package is installed."
+    )
+    comfyui_mmap: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="How ComfyUI reads safetensors: auto reads them whole (`--disable-mmap`) when the workspace"
+        " is on a network file system, where mmap's page faults each cost a round trip; on, off: always.",
+    )
+    model_cache_dir: Path | None = Field(
+        None,
+        description="A folder on this pod's own disk where the models in use are copied, found by ComfyUI"
+        " before the volume's (off when unset). Per pod: it survives a restart, not a new pod.",
+    )
+    model_cache_gb: float = Field(
+        50.0, gt=0, description="The most MODEL_CACHE_DIR may hold; least recently used models leave first."
+    )
+    model_cache_interval: float = Field(
+        30.0, gt=0, description="Seconds between two looks at what to copy into MODEL_CACHE_DIR (pins act at once)."
     )
     comfyui_constraints: Path = Field(
         Path("/app/constraints.txt"),

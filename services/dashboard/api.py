@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import kombu.exceptions
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
@@ -18,7 +19,7 @@ from services.common.messages import DownloadSpec
 from services.common.settings import Settings, check_token
 from services.dashboard import state
 from services.dashboard.auth import error
-from services.dashboard.context import client, send, settings
+from services.dashboard.context import client, send, send_cache_sync, settings
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -273,6 +274,22 @@ def model_folders():
 @bp.get("/models/<folder>")
 def models(folder: str):
     return jsonify(folder=folder, models=state.models(settings(), folder))
+
+
+@bp.post("/models/<folder>/<name>/pin")
+def pin_model(folder: str, name: str):
+    """Keep this model on this pod's own disk (the local cache), where ComfyUI reads it first."""
+    answer = state.pin_model(settings(), folder, name, True)
+    try:
+        send_cache_sync()
+    except (kombu.exceptions.OperationalError, redis.RedisError, OSError):
+        pass  # pinned all the same: the worker's next pass copies it
+    return jsonify(answer)
+
+
+@bp.delete("/models/<folder>/<name>/pin")
+def unpin_model(folder: str, name: str):
+    return jsonify(state.pin_model(settings(), folder, name, False))
 
 
 @bp.delete("/models/<folder>/<name>")

@@ -3,6 +3,7 @@ Redis client (its connection pool is shared by all threads) and the Celery sende
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -22,6 +23,7 @@ class Shared:
     redis: redis.Redis
     send: jobs.Send
     send_packs: jobs.Send
+    send_cache_sync: Callable[[], None]
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -30,6 +32,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         bus.connect(settings, timeout=REDIS_TIMEOUT),
         queue.download_sender(settings),
         queue.node_packs_sender(settings),
+        queue.cache_sync_sender(settings),
     )
 
 
@@ -51,3 +54,7 @@ def send(job_id: str) -> None:
 
 def send_packs(install_id: str) -> None:
     shared().send_packs(install_id)
+
+
+def send_cache_sync() -> None:
+    shared().send_cache_sync()

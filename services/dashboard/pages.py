@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from flask import Blueprint, render_template, request
 
-from services.common import credentials, gpu, jobs, presets
+from services.common import credentials, gpu, jobs, modelcache, presets
 from services.common.errors import Problem, Unavailable
 from services.common.workflows import catalog
 from services.common.workflows import install as workflow_installs
@@ -88,7 +88,13 @@ def presets_page():
 def models(folder: str = "checkpoints"):
     if folder not in state.folders():
         folder = "checkpoints"
-    return _page("models.html", folder=folder, folders=state.folders(), models=state.models(settings(), folder))
+    return _page(
+        "models.html",
+        folder=folder,
+        folders=state.folders(),
+        models=state.models(settings(), folder),
+        cache=modelcache.summary(settings()),
+    )
 
 
 @bp.get("/settings")

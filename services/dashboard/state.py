@@ -22,15 +22,17 @@ from services.common import (
     jobs,
     logs,
     messages,
+    modelcache,
     nodes,
     packages,
     presets,
     safemode,
     supervisor,
     timeouts,
+    volume,
 )
 from services.common import comfyui as comfyui_status
-from services.common.errors import NotFound, Unavailable
+from services.common.errors import Conflict, NotFound, Unavailable
 from services.common.paths import ALL_FOLDERS, SERVICES, WORK_SUFFIXES, check_folder
 from services.common.settings import Settings
 
@@ -208,7 +210,16 @@ def host(settings: Settings) -> dict:
         "preflight": preflight.as_dict() if preflight else None,
         # triton and SageAttention as the probe found them at ComfyUI's last start on a GPU.
         "accelerators": accel.summary(accel.last(settings)) if report.gpus else None,
+        "volume": _volume(settings),
+        "model_cache": modelcache.summary(settings),
     }
+
+
+def _volume(settings: Settings) -> dict:
+    """What the workspace sits on (startup wrote it; health adds the read speed), and the mmap choice."""
+    found = volume.read(settings) or volume.detect(settings).as_dict()
+    mmap, why = volume.mmap_choice(settings, volume.Volume(found["fstype"], found["network"], found["mount_point"]))
+    return {**found, "mmap": mmap, "mmap_reason": why}
 
 
 def startup_report(settings: Settings) -> dict | None:
@@ -279,12 +290,37 @@ def models(settings: Settings, folder: str) -> list[dict]:
         entries = list(os.scandir(base))
     except FileNotFoundError:
         return []
+    cache = modelcache.of(settings)
+    held = modelcache.entries(cache) if cache else {}
+    pinned = set(modelcache.read(cache).pinned) if cache else set()
     for entry in entries:
         if entry.name.startswith(".") or entry.name.endswith(WORK_SUFFIXES) or not entry.is_file():
             continue
         stat = entry.stat()
-        out.append({"name": entry.name, "size": stat.st_size, "modified": stat.st_mtime})
+        key = f"{folder}/{entry.name}"
+        out.append(
+            {
+                "name": entry.name,
+                "size": stat.st_size,
+                "modified": stat.st_mtime,
+                "cached": key in held,  # also on this pod's disk, where ComfyUI reads it
+                "pinned": key in pinned,
+            }
+        )
     return sorted(out, key=lambda m: m["name"].lower())
+
+
+def pin_model(settings: Settings, folder: str, name: str, keep: bool) -> dict:
+    try:
+        path = settings.paths.model_file(folder, name)
+        if keep and not path.is_file():
+            raise NotFound(f"no model file {name!r} in {folder}")
+        modelcache.pin(settings, folder, name, keep)
+    except ValueError as exc:
+        raise NotFound(str(exc)) from None
+    except LookupError as exc:
+        raise Conflict(str(exc)) from None
+    return {"folder": folder, "name": name, "pinned": keep}
 
 
 def delete_model(settings: Settings, folder: str, name: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import shutil
 import time
 import urllib.error
@@ -32,6 +31,7 @@ from services.common import (
     supervisor,
     timeouts,
     unixhttp,
+    volume,
 )
 from services.common.files import write_error
 from services.common.paths import ALL_FOLDERS, SERVICES
@@ -67,8 +67,12 @@ def check_workspace(settings: Settings) -> Result:
     if exc is not None:
         return Result("workspace", "fail", f"{ws} is not writable: {exc.strerror}")
     usage = shutil.disk_usage(ws)
-    data = {"free": usage.free, "total": usage.total, "mounted": os.path.ismount(ws)}
+    found = volume.read(settings) or volume.detect(settings).as_dict()
+    data = {"free": usage.free, "total": usage.total, "mounted": volume.is_mount_point(ws), "volume": found}
     free_gb = usage.free / GB
+    kind = f" · {found['label']}" + (
+        "" if found.get("free_trusted", True) else " (its free space may be the storage's)"
+    )
     if free_gb < settings.workspace_critical_free_gb:
         return Result(
             "workspace", "fail", f"{ws} has {free_gb:.2f} GB free: delete models or grow the volume", data=data
@@ -77,7 +81,7 @@ def check_workspace(settings: Settings) -> Result:
         return Result("workspace", "warn", f"{ws} has only {free_gb:.1f} GB free", data=data)
     if not data["mounted"]:
         return Result("workspace", "warn", f"{ws} is container-local storage: it is lost with the container", data=data)
-    return Result("workspace", "ok", f"{free_gb:.1f} GB free", data=data)
+    return Result("workspace", "ok", f"{free_gb:.1f} GB free{kind}", data=data)
 
 
 def check_model_paths(settings: Settings) -> Result:

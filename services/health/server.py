@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
 
-from services.common import bus, messages, timeouts
+from services.common import bus, comfyui, messages, timeouts, volume
 from services.common.settings import Settings
 from services.health.checks import LIVENESS, Result, overall, report, run_checks
 
@@ -25,9 +26,15 @@ class Monitor:
         self._published: dict[str, tuple[str, str]] = {}
         self._state: tuple[str, bool] | None = None
         self._lock = threading.Lock()
+        self._measured = False
 
     def round(self) -> None:
         results = run_checks(self.settings)
+        comfyui_done = any(r.name == "comfyui" and r.status == "ok" for r in results)
+        if not self._measured and (comfyui_done or not comfyui.installed(self.settings)):
+            # Once, after ComfyUI is up: the reads it does at start are not slowed by ours.
+            self._measured = True
+            threading.Thread(target=measure_volume, args=(self.settings,), name="volume", daemon=True).start()
         # Published before /ready serves them: whoever sees a result there finds it on the bus too.
         self._publish_changes(results)
         with self._lock:
@@ -85,6 +92,19 @@ class Monitor:
         while not stop.is_set():
             self.round()
             stop.wait(self.settings.health_interval)
+
+
+def measure_volume(settings: Settings) -> None:
+    """The workspace's read speed, measured once on a bounded sample, added to RUN_DIR/volume.json."""
+    found = volume.detect(settings)
+    found.read_mb_s, found.sample = volume.measure(settings)
+    found.measured_at = time.time()
+    try:
+        volume.write(settings, found)
+    except OSError as exc:
+        log.warning("cannot record the volume's read speed: %s", exc)
+        return
+    log.info("workspace: %s", found.label)
 
 
 def make_handler(monitor: Monitor) -> type[BaseHTTPRequestHandler]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import shutil
 from string import Template
 
-from services.common import credentials, door, modelpaths
+from services.common import credentials, door, modelcache, modelpaths, volume
 from services.common.files import write_atomic, write_error
 from services.common.paths import ALL_FOLDERS, WORKSPACE_DIRS
 from services.common.settings import Settings
@@ -39,22 +38,6 @@ def prepare_run_dir(settings: Settings) -> list[str]:
     return []
 
 
-def is_mount_point(path) -> bool:
-    """A mount point, bind mounts of a folder on the same file system included (`docker run -v ./ws:/workspace`):
-    os.path.ismount compares devices and misses those; the kernel's mount table does not."""
-    if os.path.ismount(path):
-        return True
-    target = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo") as table:
-            # Field 5 is the mount point, with spaces and the like written as octal escapes.
-            return any(
-                line.split()[4].encode().decode("unicode_escape") == target for line in table if len(line.split()) > 4
-            )
-    except OSError:
-        return False
-
-
 def check_volume(settings: Settings) -> list[str]:
     """Is the workspace a folder, writable, a mount of its own, with room? Warn, die only when unusable."""
     ws = settings.workspace
@@ -77,10 +60,18 @@ def check_volume(settings: Settings) -> list[str]:
     free = shutil.disk_usage(ws).free
     if free < settings.workspace_warn_free_gb * GB and not notes:
         notes.append(f"WORKSPACE={ws} has only {free / GB:.1f} GB free")
-    if not is_mount_point(ws):
+    if not volume.is_mount_point(ws):
         notes.append(
             f"WORKSPACE={ws} is not a mount of its own: models and outputs live in the container"
             " and are lost with it (on RunPod, attach a network volume at /workspace)"
+        )
+    found = volume.detect(settings)
+    volume.write(settings, found)  # its read speed is measured later, by health, once ComfyUI is up
+    if found.network:
+        how = {"auto": "reads safetensors whole (--disable-mmap)", "on": "still mmaps them (COMFYUI_MMAP=on)"}
+        notes.append(
+            f"WORKSPACE={ws} is a {found.label}: ComfyUI {how.get(settings.comfyui_mmap, how['auto'])}; its free"
+            " space may be the whole storage's, not your volume's"
         )
     return notes
 
@@ -112,7 +103,14 @@ def write_model_paths(settings: Settings) -> list[str]:
     """Render extra_model_paths.yaml; keep whatever it held before in a .bak when it differs."""
     paths = settings.paths
     target = paths.extra_model_paths
-    text = modelpaths.render(paths)
+    cache = modelcache.of(settings)
+    if cache is not None:
+        try:
+            for folder in ALL_FOLDERS:
+                (cache.models / folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StepError(f"MODEL_CACHE_DIR={cache.root} cannot be created: {exc.strerror}") from exc
+    text = modelpaths.render(paths, cache.models if cache else None)
     notes = []
     try:
         old = target.read_bytes()

@@ -17,16 +17,16 @@ from services.worker.app import create_celery
 log = logging.getLogger("worker")
 
 
-def reconcile_timer(settings: Settings, stop: threading.Event) -> None:
-    """Queue the reconciler at start and then on an interval (it runs in a pool process like any task)."""
+def periodic(settings: Settings, task: str, interval: float, stop: threading.Event) -> None:
+    """Queue `task` at start and then on an interval (it runs in a pool process like any task)."""
     app = celery_client(settings)
     delay = 1.0
     while not stop.wait(delay):
         try:
-            app.send_task(messages.TASK_RECONCILE)
-            delay = settings.downloads_reconcile_interval
+            app.send_task(task)
+            delay = interval
         except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
-            log.warning("cannot queue the reconciler yet: %s", exc)
+            log.warning("cannot queue %s yet: %s", task, exc)
             delay = 5.0
 
 
@@ -35,7 +35,11 @@ def main() -> int:
     settings = service.start("worker")
     app = create_celery(settings)
     stop = threading.Event()
-    threading.Thread(target=reconcile_timer, args=(settings, stop), name="reconcile-timer", daemon=True).start()
+    timers = [(messages.TASK_RECONCILE, settings.downloads_reconcile_interval)]
+    if settings.model_cache_dir is not None:
+        timers.append((messages.TASK_CACHE_SYNC, settings.model_cache_interval))
+    for task, interval in timers:
+        threading.Thread(target=periodic, args=(settings, task, interval, stop), name=task, daemon=True).start()
     try:
         app.worker_main(
             [

@@ -13,7 +13,7 @@ from celery import Celery
 
 from services.common import bus, messages, queue, timeouts
 from services.common.settings import Settings
-from services.worker import nodepacks, reconcile, runner
+from services.worker import cachefill, nodepacks, reconcile, runner
 
 log = logging.getLogger("worker")
 
@@ -69,6 +69,14 @@ def create_celery(settings: Settings) -> Celery:
             log.error("ignored a node pack task with a malformed install id")
             return
         nodepacks.run(settings, client(), install_id)
+
+    @app.task(name=messages.TASK_CACHE_SYNC, acks_late=False, ignore_result=True)
+    def cache_sync() -> dict:
+        # The copies resume from their .part: a lost pass is redone by the next one.
+        counts = cachefill.sync(settings, client())
+        if any(counts.values()):
+            log.info("model cache: %s", counts)
+        return counts
 
     @app.task(name=messages.TASK_RECONCILE, acks_late=False, ignore_result=True)
     def reconcile_task() -> dict:

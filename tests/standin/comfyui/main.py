@@ -104,6 +104,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--enable-manager", action="store_true")
     p.add_argument("--log-stdout", action="store_true")
     p.add_argument("--verbose", nargs="?", const="DEBUG")
+    p.add_argument("--disable-mmap", action="store_true")  # as ComfyUI: read safetensors whole
     return p.parse_args(argv)
 
 
