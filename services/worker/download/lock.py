@@ -60,10 +60,15 @@ class Lock:
 
     def stale(self) -> bool:
         try:
-            record = json.loads(self.path.read_text())
             age = time.time() - self.path.stat().st_mtime
+        except OSError:
+            return True  # gone: free to take
+        try:
+            record = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            return True
+            # Empty: its taker (another pod, another worker) made it a moment ago and writes its record
+            # now. Taking it as stale would have two writers on one .part: only once it is old.
+            return age > self.stale_after
         if record.get("host") == socket.gethostname() and not pid_alive(int(record.get("pid", 0))):
             return True
         return age > self.stale_after
