@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from services.comfyui.launcher import build_argv, environment, model_path_configs
+from services.common import packages
 from services.startup.__main__ import run_steps
 from tests.helpers.procs import REPO, VENV_PYTHON, wait_for
 
@@ -75,7 +76,7 @@ def test_comfyui_gets_no_secret_of_the_stack(settings):
     }
     env = environment(settings, inherited)
     assert env["RUNPOD_POD_ID"] == "pod123"  # RunPod's, a setting of ours too, but no secret: nodes keep it
-    assert env["PATH"] == f"/usr/bin:{settings.paths.python_packages / 'bin'}"
+    assert env["PATH"] == f"/usr/bin:{packages.prefix(settings) / 'bin'}"
     assert not any("sentinel" in v for v in env.values())
     assert not {"SUPERVISOR_SERVER_URL", "RUN_DIR", "REDIS_URL"} & set(env)
     # COMFYUI_SOURCE_TOKENS=on: the two source tokens, and only they, for custom nodes that download.

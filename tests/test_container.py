@@ -142,7 +142,14 @@ def test_health_goes_unhealthy_without_redis_and_back(container):
 
 def test_the_volume_is_written_as_documented(container):
     wait_for(lambda: container.health() == "healthy", 120)
-    for path in ("models/checkpoints", "config/extra_model_paths.yaml", "logs/comfyui.log"):
+    # Logs are the pod's own (its host name here: no POD_ID or RUNPOD_POD_ID is set).
+    pod_logs = list((container.workspace / "logs").glob("*/comfyui.log"))
+    assert len(pod_logs) == 1, pod_logs
+    for path in (
+        "models/checkpoints",
+        "config/extra_model_paths.yaml",
+        str(pod_logs[0].relative_to(container.workspace)),
+    ):
         assert (container.workspace / path).stat().st_uid == 0, path
     assert (container.workspace / "config" / "session.key").stat().st_mode & 0o777 == 0o600
     # DASHBOARD_PASSWORD is set: no generated password file is written (or left behind).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import subprocess
 import zipfile
 from pathlib import Path
@@ -76,7 +77,8 @@ def test_node_packages_survive_a_restart_and_never_shadow_the_venv(stack_factory
     workspace = first.workspace
     site = packages.site_dir(first.settings)
     env = comfyui_env(first)
-    assert env["PIP_PREFIX"] == str(workspace / "python") and "PIP_TARGET" not in env
+    assert env["PIP_PREFIX"] == str(packages.prefix(first.settings)) and "PIP_TARGET" not in env
+    assert packages.prefix(first.settings).parent == workspace / "python"  # python/<python>-<cuda line>
 
     wheel = make_wheel(tmp_path, "tinynode_dep", "1.0", "ANSWER = 42\n")
     install = pip_install(env, "--no-deps", str(wheel))
@@ -158,7 +160,7 @@ def test_the_old_layout_moves_and_duplicates_leave_the_volume(stack_factory, tmp
     wait_for(lambda: "removed pyyaml 3.10 from the volume" in stack.settings.paths.log_file("comfyui").read_text(), 30)
     assert sorted(packages.distributions(site)) == ["oldnode-dep"]
     assert not (site / "yaml").exists() and not (site / "_yaml.py").exists()
-    assert (old / "bin" / "oldnode-cli").exists() and not (old / "oldnode_dep").exists()
+    assert (packages.prefix(stack.settings) / "bin" / "oldnode-cli").exists() and not (old / "oldnode_dep").exists()
     probe = run_in_comfyui(comfyui_env(stack), "-c", "import oldnode_dep, yaml; print(oldnode_dep.ANSWER)")
     assert probe.returncode == 0 and probe.stdout.strip() == "7", probe.stderr
 
@@ -171,12 +173,38 @@ def test_prune_removes_only_what_the_record_lists_inside_the_prefix(tmp_path):
     fake_dist(venv_site, "Six", "1.17.0", {"six.py": ""})
     settings = load_settings({"WORKSPACE": str(tmp_path / "ws"), "COMFYUI_PYTHON": str(venv / "bin" / "python")})
     site = packages.site_dir(settings)
-    assert site == tmp_path / "ws" / "python" / "lib" / "python3.11" / "site-packages"
+    assert site == tmp_path / "ws" / "python" / "python3.11-cpu" / "lib" / "python3.11" / "site-packages"
     fake_dist(site, "six", "1.16.0", {"six.py": "x" * 100, "../../../../outside.txt": "kept"})
     fake_dist(site, "keeper", "1.0", {"keeper/__init__.py": ""})
-    outside = tmp_path / "ws" / "outside.txt"
+    outside = tmp_path / "ws" / "python" / "outside.txt"
     removed = packages.prune(settings)
     assert [(r.name, r.version, r.venv_version) for r in removed] == [("six", "1.16.0", "1.17.0")]
     assert removed[0].size > 100  # six.py and its metadata
     assert sorted(packages.distributions(site)) == ["keeper"] and outside.read_text() == "kept"
     assert packages.requested(tmp_path) == set()
+
+
+def test_two_images_on_one_volume_keep_their_packages_apart(tmp_path):
+    """A cu126 and a cu130 image on one volume: each pip prefix is its own, so neither imports the
+    other's compiled wheels; an earlier untagged layout goes to the first image that starts."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "lib" / "python3.12" / "site-packages").mkdir(parents=True)
+    base = {"WORKSPACE": str(tmp_path / "ws"), "COMFYUI_PYTHON": str(venv / "bin" / "python")}
+    found = {}
+    for cuda in ("12.6", "13.0"):
+        build = tmp_path / f"torch-{cuda}.json"
+        build.write_text(json.dumps({"cuda": cuda, "arch_list": ["sm_80"]}))
+        found[cuda] = load_settings({**base, "COMFYUI_TORCH_BUILD": str(build)})
+    old = tmp_path / "ws" / "python" / "lib" / "python3.12" / "site-packages"
+    fake_dist(old, "compiled_node", "1.0", {"compiled_node.so": "built for cu126"})
+    assert packages.migrate(found["12.6"]) == ["lib"]
+    first, second = (packages.site_dir(s) for s in found.values())
+    assert (
+        first.parent.parent.parent.name == "python3.12-cu126" and second.parent.parent.parent.name == "python3.12-cu130"
+    )
+    assert (first / "compiled_node.so").exists() and not second.exists()
+    assert packages.migrate(found["13.0"]) == []
+    env = packages.pip_environment(found["13.0"], {})
+    assert env["PIP_PREFIX"].endswith("/python/python3.12-cu130") and env["COMFYUI_PACKAGES"] == str(second)

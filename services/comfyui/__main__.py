@@ -92,7 +92,7 @@ def main() -> int:
         packages.prepare(settings)
     except OSError as exc:
         # The volume read-only or full: ComfyUI still starts; pip is then left without the venv's pins.
-        log.warning("could not prepare %s for custom nodes' packages: %s", settings.paths.python_packages, exc)
+        log.warning("could not prepare %s for custom nodes' packages: %s", packages.prefix(settings), exc)
     log.info("exec %s", " ".join(argv))
     if settings.comfyui_source_tokens:
         log.info("COMFYUI_SOURCE_TOKENS=on: ComfyUI's custom nodes can read HF_TOKEN and CIVITAI_TOKEN")

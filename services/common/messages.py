@@ -164,6 +164,7 @@ class DownloadJob(DownloadSpec):
     error: str | None = None
     attempts: int = 0
     resumed_from: int = 0
+    pod: str | None = None  # the pod whose worker runs (or ran) it: many pods may share one queue
     already_present: bool = False
     created: float = Field(default_factory=time.time)
     updated: float = Field(default_factory=time.time)

@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common import gpucheck
 from services.common.files import write_atomic
 from services.common.settings import Settings
 
@@ -45,11 +46,31 @@ def venv_site(python: Path) -> Path | None:
     return found[0] if found else None
 
 
+# One prefix per Python and CUDA line (`python3.12-cu128`): two images on one volume never import each
+# other's compiled wheels.
+ABI_TAG = re.compile(r"python3\.\d+-(?:cu\d+|cpu)")
+
+
+def _python_version(settings: Settings) -> str:
+    venv = venv_site(settings.comfyui_python)
+    return venv.parent.name if venv else "python3"
+
+
+def abi_tag(settings: Settings) -> str:
+    """`pythonX.Y-cuNNN` (or `-cpu`) of ComfyUI's venv: what a compiled package on the volume was built for."""
+    cuda, _ = gpucheck.torch_facts(settings)
+    line = "cu" + cuda.replace(".", "") if cuda else "cpu"
+    return f"{_python_version(settings)}-{line}"
+
+
+def prefix(settings: Settings) -> Path:
+    """pip's prefix for this image's run-time packages: <workspace>/python/<abi tag>."""
+    return settings.paths.python_packages / abi_tag(settings)
+
+
 def site_dir(settings: Settings) -> Path:
     """Where prefix installs by ComfyUI's interpreter land: the same `pythonX.Y` as its venv."""
-    venv = venv_site(settings.comfyui_python)
-    version = venv.parent.name if venv else "python3"
-    return settings.paths.python_packages / "lib" / version / "site-packages"
+    return prefix(settings) / "lib" / _python_version(settings) / "site-packages"
 
 
 def distributions(site: Path) -> dict[str, tuple[str, str]]:
@@ -95,18 +116,20 @@ def write_constraints(settings: Settings) -> Path:
 
 
 def migrate(settings: Settings) -> list[str]:
-    """Move what the earlier PIP_TARGET layout left at the top of <workspace>/python into site-packages."""
-    prefix, site = settings.paths.python_packages, site_dir(settings)
+    """Earlier layouts at the top of <workspace>/python, moved under this image's ABI prefix (the first
+    image to start after the upgrade takes them, as it was the one that installed them): a prefix layout
+    without a tag (lib/, bin/), and the flat layout PIP_TARGET wrote (packages straight in the folder)."""
+    root, mine, site = settings.paths.python_packages, prefix(settings), site_dir(settings)
     try:
-        entries = [e for e in os.scandir(prefix) if e.name not in PREFIX_FOLDERS]
+        entries = [e for e in os.scandir(root) if not ABI_TAG.fullmatch(e.name)]
     except OSError:
         return []
     moved = []
     for entry in entries:
-        target = site / entry.name
+        target = (mine / entry.name) if entry.name in PREFIX_FOLDERS else (site / entry.name)
         if target.exists():
             continue
-        site.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(entry.path, target)
         moved.append(entry.name)
     return moved
@@ -198,10 +221,10 @@ def pip_environment(settings: Settings, inherited: dict[str, str]) -> dict[str, 
     return {
         "PYTHONPATH": os.pathsep.join(p for p in (site_folder, inherited.get("PYTHONPATH", "")) if p),
         "COMFYUI_PACKAGES": str(site_dir(settings)),
-        "PIP_PREFIX": str(paths.python_packages),
+        "PIP_PREFIX": str(prefix(settings)),
         "PIP_CONSTRAINT": str(paths.comfyui_constraints),
         # Their console scripts, after the image's own.
-        "PATH": os.pathsep.join(p for p in (inherited.get("PATH", ""), str(paths.python_packages / "bin")) if p),
+        "PATH": os.pathsep.join(p for p in (inherited.get("PATH", ""), str(prefix(settings) / "bin")) if p),
     }
 
 
@@ -238,9 +261,9 @@ def summary(settings: Settings) -> dict:
 
     The overview asks every second: the walk runs again only when the folder's entries changed."""
     global _last
-    prefix, site = settings.paths.python_packages, site_dir(settings)
+    root, site = prefix(settings), site_dir(settings)
     stamps = []
-    for path in (prefix, site, settings.paths.custom_nodes):
+    for path in (root, site, settings.paths.custom_nodes):
         try:
             stamps.append(path.stat().st_mtime_ns)
         except OSError:
@@ -261,8 +284,8 @@ def summary(settings: Settings) -> dict:
             by_node[entry.name] = names
             claimed.update(names)
     found = {
-        "path": str(prefix),
-        "bytes": _size(prefix) if prefix.is_dir() else 0,
+        "path": str(root),
+        "bytes": _size(root) if root.is_dir() else 0,
         "packages": len(installed),
         "by_node": by_node,
         "dependencies": len(installed.keys() - claimed),

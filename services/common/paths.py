@@ -158,6 +158,8 @@ SERVICES: tuple[str, ...] = ("redis", "comfyui", "front-door", "dashboard", "wor
 class Paths:
     workspace: Path
     run_dir: Path
+    # This pod's name on a volume several pods may share: its logs and ComfyUI's database are its own.
+    pod: str = "local"
 
     @property
     def models(self) -> Path:
@@ -221,7 +223,8 @@ class Paths:
 
     @property
     def logs(self) -> Path:
-        return self.workspace / "logs"
+        """This pod's logs (two pods on one volume would otherwise write and rotate the same files)."""
+        return self.workspace / "logs" / self.pod
 
     @property
     def download_history(self) -> Path:
@@ -248,6 +251,12 @@ class Paths:
 
     @property
     def comfyui_database(self) -> Path:
+        """ComfyUI's SQLite database, one per pod: SQLite over a network file system takes one writer."""
+        return self.user / f"comfyui.{self.pod}.db"
+
+    @property
+    def legacy_comfyui_database(self) -> Path:
+        """The one database of earlier versions, copied as this pod's first when there is none yet."""
         return self.user / "comfyui.db"
 
     @property

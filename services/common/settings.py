@@ -5,7 +5,9 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import shlex
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -105,6 +107,11 @@ class Settings(BaseModel):
     )
     runpod_pod_id: str | None = Field(
         None, description="Set by RunPod on a pod; the start banner then prints the pod's proxy URLs."
+    )
+    pod_id: str | None = Field(
+        None,
+        description="This pod's name on a shared volume (its logs and ComfyUI database are its own); default"
+        " RUNPOD_POD_ID, else the host name.",
     )
     devtools_dir: Path = Field(
         Path("/app/devtools"), description="JupyterLab and code-server of the dev image; absent elsewhere."
@@ -300,7 +307,13 @@ class Settings(BaseModel):
 
     @property
     def paths(self) -> Paths:
-        return Paths(workspace=self.workspace, run_dir=self.run_dir)
+        return Paths(workspace=self.workspace, run_dir=self.run_dir, pod=self.pod_name)
+
+    @property
+    def pod_name(self) -> str:
+        """POD_ID, RUNPOD_POD_ID or the host name, as one plain file-name part."""
+        raw = self.pod_id or self.runpod_pod_id or socket.gethostname() or "local"
+        return re.sub(r"[^A-Za-z0-9._-]", "_", raw)[:64].lstrip(".") or "local"
 
     @property
     def local_redis(self) -> bool:

@@ -89,6 +89,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not settings.dashboard_auth:
         log.warning("DASHBOARD_AUTH=off: anyone who reaches the dashboard or ComfyUI controls the stack")
     app.jinja_env.filters["size"] = _size
+    # Pods sharing one Redis share one queue: download rows then say which pod runs each.
+    app.jinja_env.globals["shared_queue"] = settings.redis_url is not None
     app.jinja_env.filters["presets_of"] = lambda job: state.presets_of(settings, job.folder, job.filename)
     # Where a file comes from, with its port (a 404 from a mirror on :8080 must say which).
     app.jinja_env.filters["host"] = lambda url: urllib.parse.urlsplit(url or "").netloc.rsplit("@", 1)[-1]

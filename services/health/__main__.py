@@ -2,6 +2,7 @@
 
 Exit codes of `check`: 0 healthy, 1 unhealthy, 2 degraded. With `--docker` (the image's HEALTHCHECK):
 0 unless unhealthy, since Docker reserves 2 and a slow ComfyUI start is no reason to mark the container.
+With `--ready` (a readiness probe, as /ready answers): 0 when the stack is ready for work, else 1.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--verbose", action="store_true", help="print every check, not only the failing ones")
     check.add_argument("--docker", action="store_true", help="exit 0 unless unhealthy (for HEALTHCHECK)")
+    check.add_argument("--ready", action="store_true", help="exit 0 when ready for work, else 1 (readiness probe)")
     check.add_argument("--only", choices=sorted(CHECKS), action="append", help="run only this check")
     args = parser.parse_args(argv)
     settings = service.start("health")
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             for c in body["checks"]:
                 if args.verbose or c["status"] != "ok":
                     print(f"  {c['status']:4} {c['name']:12} {c['reason']} ({c['ms']:.0f} ms)")
+        if args.ready:
+            return 0 if body["ready"] else 1
         code = EXIT[body["state"]]
         return (1 if code == 1 else 0) if args.docker else code
     stop = threading.Event()

@@ -80,7 +80,7 @@ def make_layout(settings: Settings) -> list[str]:
     """Create every folder ComfyUI and the stack use. Nothing existing is moved or deleted."""
     paths = settings.paths
     wanted = [paths.workspace / name for name in WORKSPACE_DIRS]
-    wanted += [paths.models / folder for folder in ALL_FOLDERS]
+    wanted += [paths.models / folder for folder in ALL_FOLDERS] + [paths.logs]
     notes = []
     for folder in wanted:
         if folder.is_dir():
@@ -96,6 +96,14 @@ def make_layout(settings: Settings) -> list[str]:
             raise StepError(
                 f"cannot create {folder}: {exc.strerror}. Free space on the volume or fix its owner."
             ) from exc
+    legacy, mine = paths.legacy_comfyui_database, paths.comfyui_database
+    if legacy.is_file() and not mine.exists() and paths.user.is_dir():
+        # The database of an earlier version becomes this pod's (copied: another pod may claim it too).
+        try:
+            shutil.copy2(legacy, mine)
+            notes.append(f"ComfyUI's database is now one per pod: {legacy.name} copied to {mine.name}")
+        except OSError as exc:
+            notes.append(f"cannot copy {legacy.name} to {mine.name}: {exc.strerror}; ComfyUI starts a new one")
     return notes
 
 

@@ -16,7 +16,7 @@ from services.worker.http import DownloadError
 
 log = logging.getLogger("worker.runner")
 
-BUSY_RETRY_SECONDS = 30
+BUSY_RETRY_SECONDS = 5  # another pod (or worker) writes the file: look again soon, it may be done
 
 
 def _save(client: redis.Redis, job: DownloadJob, progress: bool = False) -> None:
@@ -56,7 +56,7 @@ def run(settings: Settings, client: redis.Redis, job_id: str, owner: str) -> flo
     job = _startable(settings, client, job_id)
     if job is None:
         return None
-    job.state, job.error, job.heartbeat = "running", None, time.time()
+    job.state, job.error, job.heartbeat, job.pod = "running", None, time.time(), settings.pod_name
     begin = time.monotonic()
     _save(client, job)
     try:

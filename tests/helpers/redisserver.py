@@ -8,18 +8,28 @@ from pathlib import Path
 
 import redis
 
-from tests.helpers.procs import short_dir, wait_for
+from tests.helpers.procs import free_port, short_dir, wait_for
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    """By default on a unix socket only; with `password`, also on a loopback TCP port behind that password
+    (a Redis several stacks share, as pods share one in a cluster)."""
+
+    def __init__(self, password: str | None = None) -> None:
         self.dir = short_dir("cdr-")
         self.socket = self.dir / "redis.sock"
         self.proc: subprocess.Popen | None = None
+        self.password = password
+        self.port = free_port() if password else 0
 
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
+
+    @property
+    def tcp_url(self) -> str:
+        """redis://:<password>@127.0.0.1:<port>/0, what a shared Redis's users are given."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -28,7 +38,10 @@ class RedisServer:
             [
                 binary,
                 "--port",
-                "0",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                *(["--requirepass", self.password] if self.password else []),
                 "--unixsocket",
                 str(self.socket),
                 "--unixsocketperm",
@@ -47,7 +60,9 @@ class RedisServer:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.socket), decode_responses=True, socket_timeout=5)
+        return redis.Redis(
+            unix_socket_path=str(self.socket), password=self.password, decode_responses=True, socket_timeout=5
+        )
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
