@@ -142,7 +142,7 @@ def measure(settings: Settings) -> tuple[float | None, str | None]:
     sample = _sample_file(settings)
     made = None
     if sample is None:
-        made = settings.workspace / ".read-speed-sample"
+        made = settings.workspace / f".read-speed-sample.{settings.pod_name}"  # pods may share the volume
         try:
             with open(made, "wb") as handle:
                 for _ in range(16):

@@ -217,8 +217,9 @@ def host(settings: Settings) -> dict:
 
 def _volume(settings: Settings) -> dict:
     """What the workspace sits on (startup wrote it; health adds the read speed), and the mmap choice."""
-    found = volume.read(settings) or volume.detect(settings).as_dict()
-    mmap, why = volume.mmap_choice(settings, volume.Volume(found["fstype"], found["network"], found["mount_point"]))
+    detected = volume.detect(settings)
+    found = {**detected.as_dict(), **(volume.read(settings) or {})}  # a report of another version: filled in
+    mmap, why = volume.mmap_choice(settings, detected)
     return {**found, "mmap": mmap, "mmap_reason": why}
 
 

@@ -67,7 +67,7 @@ def check_workspace(settings: Settings) -> Result:
     if exc is not None:
         return Result("workspace", "fail", f"{ws} is not writable: {exc.strerror}")
     usage = shutil.disk_usage(ws)
-    found = volume.read(settings) or volume.detect(settings).as_dict()
+    found = {**volume.detect(settings).as_dict(), **(volume.read(settings) or {})}
     data = {"free": usage.free, "total": usage.total, "mounted": volume.is_mount_point(ws), "volume": found}
     free_gb = usage.free / GB
     kind = f" · {found['label']}" + (

@@ -5,6 +5,7 @@ never a file a process has open or mapped. Plain functions, no Celery."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -112,51 +113,78 @@ def _evict(cache: modelcache.Cache, state: modelcache.State, need: int, keep: se
 
 
 def sync(settings: Settings, client: redis.Redis | None) -> dict[str, int]:
-    """One pass: forget stale copies, copy what is wanted, keep under the cap. Returns counts."""
+    """One pass: forget stale copies, copy what is wanted, keep under the cap. Returns counts.
+
+    One pass at a time (a lock file held without waiting: a pass already copying is left alone); the
+    state's own lock is held only to read and change it, never during a copy, so a pin from the
+    dashboard does not wait for a 20 GB copy."""
     cache = modelcache.of(settings)
     counts = {"copied": 0, "dropped": 0, "skipped": 0}
     if cache is None:
         return counts
-    recent = recently_used(settings)
-    with modelcache.changing(cache) as state:
-        now = time.time()
-        for key in recent:
-            state.used[key] = max(state.used.get(key, 0.0), now)
-        busy = modelcache.open_paths(cache.models)
-        for key in list(modelcache.entries(cache)):
-            try:
-                stat = _source(settings, key).stat()
-                fresh = state.sources.get(key) == [stat.st_size, stat.st_mtime_ns]
-            except (OSError, ValueError):
-                fresh = False  # gone from the volume: so goes its copy, or ComfyUI would still find it
-            if not fresh and str((cache.models / key).resolve()) not in busy:
-                (cache.models / key).unlink(missing_ok=True)
-                state.sources.pop(key, None)
-                counts["dropped"] += 1
-        held = modelcache.entries(cache)
-        wanted = list(dict.fromkeys([*state.pinned, *recent]))
+    cache.root.mkdir(parents=True, exist_ok=True)
+    with open(cache.root / ".sync", "a") as guard:
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return counts
+        recent = recently_used(settings)
+        with modelcache.changing(cache) as state:
+            now = time.time()
+            for key in recent:
+                state.used[key] = max(state.used.get(key, 0.0), now)
+            counts["dropped"] = _drop_stale(settings, cache, state)
+            wanted = list(dict.fromkeys([*state.pinned, *recent]))
         for key in wanted:
-            folder, _, name = key.partition("/")
-            try:
-                source, target = _source(settings, key), cache.file(folder, name)
-                stat = source.stat()
-            except (ValueError, OSError):
-                continue  # not on the volume (yet): nothing to copy
-            if key in held:
-                continue
-            if not _evict(cache, state, stat.st_size, set(wanted)):
-                counts["skipped"] += 1
-                log.warning("model cache: %s (%.1f GB) does not fit under the cap", key, stat.st_size / 1e9)
-                continue
-            try:
-                copy(source, target, _known_sha256(client, source, stat))
-            except (OSError, ValueError) as exc:
-                counts["skipped"] += 1
-                log.warning("model cache: %s not copied: %s", key, exc)
-                continue
-            state.sources[key] = [stat.st_size, stat.st_mtime_ns]
-            state.used.setdefault(key, now)
-            counts["copied"] += 1
-            log.info("model cache: %s copied to this pod's disk (%.1f MB)", key, stat.st_size / 1e6)
-        _evict(cache, state, 0, set(state.pinned))
+            outcome = _bring(settings, client, cache, key, set(wanted))
+            if outcome:
+                counts[outcome] += 1
+        with modelcache.changing(cache) as state:
+            _evict(cache, state, 0, set(state.pinned))
     return counts
+
+
+def _drop_stale(settings: Settings, cache: modelcache.Cache, state: modelcache.State) -> int:
+    """Copies whose volume file changed or left (ComfyUI would still find them), unless in use."""
+    busy = modelcache.open_paths(cache.models)
+    dropped = 0
+    for key in list(modelcache.entries(cache)):
+        try:
+            stat = _source(settings, key).stat()
+            fresh = state.sources.get(key) == [stat.st_size, stat.st_mtime_ns]
+        except (OSError, ValueError):
+            fresh = False
+        if not fresh and str((cache.models / key).resolve()) not in busy:
+            (cache.models / key).unlink(missing_ok=True)
+            state.sources.pop(key, None)
+            dropped += 1
+    return dropped
+
+
+def _bring(
+    settings: Settings, client: redis.Redis | None, cache: modelcache.Cache, key: str, wanted: set[str]
+) -> str | None:
+    """One wanted model onto local disk: room made, copied, recorded. Returns the count it adds to."""
+    folder, _, name = key.partition("/")
+    try:
+        source, target = _source(settings, key), cache.file(folder, name)
+        stat = source.stat()
+    except (ValueError, OSError):
+        return None  # not on the volume (yet): nothing to copy
+    if target.exists():
+        return None
+    with modelcache.changing(cache) as state:
+        room = _evict(cache, state, stat.st_size, wanted)
+    if not room:
+        log.warning("model cache: %s (%.1f GB) does not fit under the cap", key, stat.st_size / 1e9)
+        return "skipped"
+    try:
+        copy(source, target, _known_sha256(client, source, stat))
+    except (OSError, ValueError) as exc:
+        log.warning("model cache: %s not copied: %s", key, exc)
+        return "skipped"
+    with modelcache.changing(cache) as state:
+        state.sources[key] = [stat.st_size, stat.st_mtime_ns]
+        state.used.setdefault(key, time.time())
+    log.info("model cache: %s copied to this pod's disk (%.1f MB)", key, stat.st_size / 1e6)
+    return "copied"
