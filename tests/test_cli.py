@@ -236,6 +236,16 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(stack, server, env):
                 break
             time.sleep(0.5)
         assert any("followed-" in line for line in seen), seen[-5:]
+        # The dashboard restarts under the follow: the stream is opened again, new lines keep coming.
+        assert run(env, "services", "restart", "dashboard").returncode == 0
+        for i in range(30):
+            url = server.add(f"cli/after-{i}.bin", b"g" * 1000)
+            if run(env, "downloads", "add", url, "--folder", "vae", "--wait").returncode == 0 and any(
+                "after-" in line for line in seen
+            ):
+                break
+            time.sleep(0.5)
+        assert any("after-" in line for line in seen), seen[-5:]
     finally:
         follower.send_signal(signal.SIGINT)
     assert follower.wait(timeout=10) == 130

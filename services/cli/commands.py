@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 import websocket
 
 from services.cli import content  # noqa: F401 - registers the downloads, presets, models and workflow commands
 from services.cli.base import State, cli, command, emit, new_table
-from services.cli.client import CONFIG_FILE, Api, CliError, Target, part
+from services.cli.client import AUTH, CONFIG_FILE, USAGE, Api, CliError, Target, part
 from services.cli.client import write_config as save_config
 
 
@@ -101,19 +102,38 @@ def logs(state: State, service: str, lines: int, follow: bool) -> int:
     emit(state, answer, "\n".join(answer["lines"]) if answer["lines"] else "(empty)")
     if not follow:
         return 0
-    sock = api.socket()
-    sock.send(json.dumps({"follow": service}))
-    try:
-        while True:
-            try:
-                message = json.loads(sock.recv() or "{}")
-            except websocket.WebSocketTimeoutException:
-                continue
-            if message.get("type") == "log.lines":
-                for line in message["lines"]:
-                    click.echo(json.dumps(line) if state.as_json else line)
-    finally:
-        sock.close()
+    _follow(state, api, service)
+
+
+def _follow(state: State, api: Api, service: str, attempts: int = 20) -> None:
+    """Print the service's new lines until Ctrl-C; a dashboard restart under a long follow only
+    reopens the stream (from the log's end), up to `attempts` failed connections in a row."""
+    failures = 0
+    while failures < attempts:
+        try:
+            sock = api.socket()
+        except CliError as exc:
+            if exc.code == AUTH:
+                raise
+            failures += 1
+            time.sleep(1.0)
+            continue
+        failures = 0
+        try:
+            sock.send(json.dumps({"follow": service}))
+            while True:
+                try:
+                    message = json.loads(sock.recv() or "{}")
+                except websocket.WebSocketTimeoutException:
+                    continue
+                if message.get("type") == "log.lines":
+                    for line in message["lines"]:
+                        click.echo(json.dumps(line) if state.as_json else line)
+        except (OSError, ValueError, websocket.WebSocketException):
+            time.sleep(1.0)
+        finally:
+            sock.close()
+    raise CliError(f"lost the dashboard while following the {service} log: is it running?", USAGE)
 
 
 @cli.group()
