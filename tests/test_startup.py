@@ -291,3 +291,17 @@ def test_the_start_banner_says_where_to_go_and_where_the_password_is(tmp_path, r
     # The generated password stopped working when DASHBOARD_PASSWORD was set: its file goes, and says so.
     assert not (workspace / "config" / "dashboard.password").exists()
     assert "DASHBOARD_PASSWORD is set: removed" in on_runpod.stderr
+
+
+def test_a_model_cache_that_cannot_be_made_is_a_note_and_the_stack_starts(settings, tmp_path):
+    """MODEL_CACHE_DIR under a file: startup says so, ComfyUI reads the volume, nothing else changes."""
+    (tmp_path / "a-file").write_text("")
+    broken = settings.model_copy(update={"model_cache_dir": tmp_path / "a-file" / "cache"})
+    report = run_steps(broken)
+    notes = [n for step in report["steps"] for n in step.get("notes", [])]
+    assert any("cannot be created" in n and "no local model cache" in n for n in notes), notes
+    assert list(yaml.safe_load(broken.paths.extra_model_paths.read_text())) == ["workspace"]
+    good = settings.model_copy(update={"model_cache_dir": tmp_path / "cache"})
+    run_steps(good)
+    assert list(yaml.safe_load(good.paths.extra_model_paths.read_text())) == ["workspace", "model_cache"]
+    assert (tmp_path / "cache" / "models" / "checkpoints").is_dir()

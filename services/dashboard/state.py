@@ -321,6 +321,8 @@ def pin_model(settings: Settings, folder: str, name: str, keep: bool) -> dict:
         raise NotFound(str(exc)) from None
     except LookupError as exc:
         raise Conflict(str(exc)) from None
+    except OSError as exc:
+        raise Conflict(f"cannot write the model cache in {settings.model_cache_dir}: {exc.strerror}") from None
     return {"folder": folder, "name": name, "pinned": keep}
 
 

@@ -112,14 +112,16 @@ def write_model_paths(settings: Settings) -> list[str]:
     paths = settings.paths
     target = paths.extra_model_paths
     cache = modelcache.of(settings)
+    notes = []
     if cache is not None:
         try:
             for folder in ALL_FOLDERS:
                 (cache.models / folder).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StepError(f"MODEL_CACHE_DIR={cache.root} cannot be created: {exc.strerror}") from exc
+            # A cache is a speed-up: without it ComfyUI reads the volume, as it would anyway.
+            notes.append(f"MODEL_CACHE_DIR={cache.root} cannot be created ({exc.strerror}): no local model cache")
+            cache = None
     text = modelpaths.render(paths, cache.models if cache else None)
-    notes = []
     try:
         old = target.read_bytes()
     except FileNotFoundError:

@@ -130,14 +130,17 @@ def run(settings: Settings, client: redis.Redis, install_id: str) -> None:
             continue
         pack.state = "cloning"
         _publish(client, record)
-        error = clone(settings, pack)
-        if error is None and pack.state == "cloning":
-            pack.state = "installing"
-            _publish(client, record)
-            error = requirements(settings, workflow_install.pack_folder(pack.url))
-            if error is None:
-                pack.state = "installed"
-                installed.append(pack)
+        try:
+            error = clone(settings, pack)
+            if error is None and pack.state == "cloning":
+                pack.state = "installing"
+                _publish(client, record)
+                error = requirements(settings, workflow_install.pack_folder(pack.url))
+                if error is None:
+                    pack.state = "installed"
+                    installed.append(pack)
+        except OSError as exc:  # the volume itself (full, read-only): the install says so, never hangs
+            error = f"cannot write custom_nodes: {exc.strerror or exc}"
         if error is not None:
             pack.state, pack.message = "failed", error
             log.warning("node pack %s: %s", pack.url, error)
