@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TypeVar
 
 import redis
 
 from services.common import messages
 from services.common.settings import Settings
+
+E = TypeVar("E", bound=messages.Event)
 
 
 def connect(settings: Settings, timeout: float = 5.0) -> redis.Redis:
@@ -42,6 +45,18 @@ def snapshot(client: redis.Redis, kind: str) -> dict[str, messages.Event]:
         except messages.BadEvent:
             continue
     return result
+
+
+def latest(client: redis.Redis, model: type[E], subject: str) -> E | None:
+    """The latest event of `model`'s kind about one subject, or None (none, or one that no longer parses)."""
+    raw = client.hget(messages.snapshot_key(model.kind), subject)
+    if raw is None:
+        return None
+    try:
+        event = messages.parse_event(raw)
+    except messages.BadEvent:
+        return None
+    return event if isinstance(event, model) else None
 
 
 def subscribe(client: redis.Redis) -> redis.client.PubSub:

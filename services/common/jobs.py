@@ -60,14 +60,8 @@ def save(client: redis.Redis, job: DownloadJob, progress: bool = False) -> None:
 
 
 def get(client: redis.Redis, job_id: str) -> DownloadJob | None:
-    raw = client.hget(messages.snapshot_key(DownloadEvent.kind), job_id)
-    if raw is None:
-        return None
-    try:
-        event = messages.parse_event(raw)
-    except messages.BadEvent:
-        return None
-    return event.job if isinstance(event, DownloadEvent) else None
+    event = bus.latest(client, DownloadEvent, job_id)
+    return event.job if event is not None else None
 
 
 def all_jobs(client: redis.Redis) -> list[DownloadJob]:

@@ -3,7 +3,6 @@ and ComfyUI's own templates with their state. Documented in openapi.yaml."""
 
 from __future__ import annotations
 
-import json
 import threading
 
 from flask import Blueprint, jsonify, request
@@ -45,12 +44,7 @@ def _read() -> tuple[formats.Workflow, str, dict]:
     except RequestEntityTooLarge:
         raise Problem(formats.too_large(formats.MAX_BYTES + 1).message, code="too_large", status=413) from None
     if request.mimetype == "application/json" and raw.lstrip().startswith(b"{"):
-        try:
-            data = json.loads(raw)
-        except RecursionError:
-            raise BadInput("the JSON is nested too deeply") from None
-        except ValueError as exc:
-            raise BadInput(f"the body is not valid JSON: {exc}") from None
+        data = formats.parse_json(raw)
         if isinstance(data, dict) and data and set(data) <= WRAPPER:
             return _from_wrapper(data)
         return formats.from_data(data), "workflow", {}

@@ -47,14 +47,18 @@ def read(raw: bytes) -> Workflow:
     return from_json(text, "json")
 
 
-def from_json(text: str, source: str) -> Workflow:
+def parse_json(text: str | bytes) -> object:
+    """The JSON value, or BadInput saying where it breaks."""
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except RecursionError:
         raise BadInput("the workflow's JSON is nested too deeply") from None
     except ValueError as exc:
         raise BadInput(f"the workflow is not valid JSON: {exc}") from None
-    return from_data(data, source)
+
+
+def from_json(text: str, source: str) -> Workflow:
+    return from_data(parse_json(text), source)
 
 
 def from_data(data: object, source: str = "json") -> Workflow:

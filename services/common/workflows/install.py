@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import redis
 
-from services.common import bus, jobs, messages
+from services.common import bus, jobs
 from services.common.errors import BadInput, Problem
 from services.common.messages import DownloadSpec, NodePackInstall, WorkflowFile, WorkflowInstall
 from services.common.settings import Settings
@@ -94,14 +94,7 @@ def start(
 
 
 def get(client: redis.Redis, install_id: str) -> WorkflowInstall | None:
-    raw = client.hget(messages.snapshot_key(WorkflowInstall.kind), install_id)
-    if raw is None:
-        return None
-    try:
-        event = messages.parse_event(raw)
-    except messages.BadEvent:
-        return None
-    return event if isinstance(event, WorkflowInstall) else None
+    return bus.latest(client, WorkflowInstall, install_id)
 
 
 def save(client: redis.Redis, record: WorkflowInstall) -> None:
