@@ -237,7 +237,9 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(stack, server, env):
             time.sleep(0.5)
         assert any("followed-" in line for line in seen), seen[-5:]
         # The dashboard restarts under the follow: the stream is opened again, new lines keep coming.
-        assert run(env, "services", "restart", "dashboard").returncode == 0
+        # The command returns once a new dashboard answers, not while the old one is still on its way down.
+        restarted = run(env, "services", "restart", "dashboard")
+        assert restarted.returncode == 0 and "dashboard: RUNNING" in restarted.stdout, restarted.stdout
         for i in range(30):
             url = server.add(f"cli/after-{i}.bin", b"g" * 1000)
             if run(env, "downloads", "add", url, "--folder", "vae", "--wait").returncode == 0 and any(

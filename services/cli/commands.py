@@ -79,7 +79,10 @@ def _control(action: str):
     @command(services, action)
     @click.argument("name")
     def run(state: State, name: str) -> int:
-        answer = state.api().post(f"/api/services/{part(name)}/{action}")
+        api = state.api()
+        answer = api.post(f"/api/services/{part(name)}/{action}")
+        if answer.get("state") == "RESTARTING":
+            answer = _back_after_restart(api, answer)
         emit(state, answer, f"{answer['name']}: {answer['state']}")
         return 0
 
@@ -89,6 +92,27 @@ def _control(action: str):
 
 for _action in ("start", "stop", "restart"):
     _control(_action)
+
+# How long `services restart dashboard` waits for the dashboard to answer again.
+SELF_RESTART_WAIT = 60.0
+
+
+def _back_after_restart(api: Api, answer: dict) -> dict:
+    """The dashboard restarts itself a moment after it answered: wait until another process answers, so
+    that the next command is not refused by the dashboard still on its way down or up."""
+    deadline = time.monotonic() + SELF_RESTART_WAIT
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            listed = api.get("/api/services")["services"]
+        except CliError as exc:
+            if exc.code == AUTH:
+                raise
+            continue  # down for the restart: that is the point
+        now = next((s for s in listed if s["name"] == answer["name"]), None)
+        if now and now["state"] == "RUNNING" and now.get("pid") != answer.get("pid"):
+            return {"name": now["name"], "state": now["state"], "pid": now.get("pid")}
+    raise CliError(f"{answer['name']} did not come back within {SELF_RESTART_WAIT:.0f} s: see `comfyui-docker status`")
 
 
 @command(cli)

@@ -168,7 +168,8 @@ def _restart_self(settings: Settings) -> dict:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    return {"name": "dashboard", "state": "RESTARTING", "pid": os.getpid()}
+    # The program's pid as supervisord lists it: gunicorn's master, this worker's parent.
+    return {"name": "dashboard", "state": "RESTARTING", "pid": os.getppid()}
 
 
 def _unless_already(call, name: str, already: str) -> None:
