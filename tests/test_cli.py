@@ -275,9 +275,18 @@ def test_exit_codes_name_the_fix(stack, env):
 
 
 MODULES = (
-    "startup", "supervise", "comfyui", "dashboard", "worker", "health",
-    "events", "frontdoor", "devtools", "ctl", "cli",
-)  # fmt: skip
+    "startup",
+    "supervise",
+    "comfyui",
+    "dashboard",
+    "worker",
+    "health",
+    "events",
+    "frontdoor",
+    "devtools",
+    "ctl",
+    "cli",
+)
 
 
 def test_every_entry_point_answers_help_at_once_without_a_socket(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from services.comfyui.launcher import build_argv, environment, model_path_configs
-from services.common import packages
+from services.common import instances, packages
 from services.startup.__main__ import run_steps
 from tests.helpers.procs import REPO, VENV_PYTHON, wait_for
 
@@ -46,7 +46,8 @@ def launch(settings, **extra: str) -> subprocess.Popen:
 
 def test_argv_from_settings(settings):
     settings = settings.model_copy(update={"comfyui_args": "--preview-method auto"})
-    argv = build_argv(settings, gpu=False, model_configs=["/a.yaml", "/b.yaml"])
+    one = instances.current(settings)[0]
+    argv = build_argv(settings, one, gpu=False, model_configs=["/a.yaml", "/b.yaml"])
     p = settings.paths
     assert argv[:2] == [str(settings.comfyui_python), str(settings.comfyui_dir / "main.py")]
     pairs = dict(zip(argv[2::2], argv[3::2], strict=False))
@@ -56,10 +57,11 @@ def test_argv_from_settings(settings):
     assert pairs["--database-url"] == f"sqlite:///{p.comfyui_database}"
     assert argv.count("--extra-model-paths-config") == 2
     assert "--cpu" in argv and argv[-2:] == ["--preview-method", "auto"]
-    assert "--cpu" not in build_argv(settings, gpu=True, model_configs=[])
+    assert "--cpu" not in build_argv(settings, one, gpu=True, model_configs=[])
+    assert "--cuda-device" not in argv and "--temp-directory" not in argv  # one ComfyUI: its own defaults
     # FRONT_DOOR_OFF=comfyui: ComfyUI itself on the public address and port.
     open_door = settings.model_copy(update={"front_door_off": "comfyui", "comfyui_listen": "0.0.0.0"})
-    pairs = dict(zip(*[iter(build_argv(open_door, gpu=True, model_configs=[])[2:])] * 2, strict=False))
+    pairs = dict(zip(*[iter(build_argv(open_door, one, gpu=True, model_configs=[])[2:])] * 2, strict=False))
     assert pairs["--listen"] == "0.0.0.0" and pairs["--port"] == str(settings.comfyui_port)
 
 
@@ -74,14 +76,16 @@ def test_comfyui_gets_no_secret_of_the_stack(settings):
         "RUN_DIR": "/run/x",
         "RUNPOD_POD_ID": "pod123",
     }
-    env = environment(settings, inherited)
+    one = instances.current(settings)[0]
+    env = environment(settings, one, inherited)
+    assert "COMFYUI_OUTPUT_PREFIX" not in env  # one ComfyUI: its file names as ComfyUI makes them
     assert env["RUNPOD_POD_ID"] == "pod123"  # RunPod's, a setting of ours too, but no secret: nodes keep it
     assert env["PATH"] == f"/usr/bin:{packages.prefix(settings) / 'bin'}"
     assert not any("sentinel" in v for v in env.values())
     assert not {"SUPERVISOR_SERVER_URL", "RUN_DIR", "REDIS_URL"} & set(env)
     # COMFYUI_SOURCE_TOKENS=on: the two source tokens, and only they, for custom nodes that download.
     given = settings.model_copy(update={"comfyui_source_tokens": True, "hf_token": SecretStr("hf_sentinel")})
-    env = environment(given, inherited)
+    env = environment(given, one, inherited)
     assert env["HF_TOKEN"] == "hf_sentinel" and "CIVITAI_TOKEN" not in env and "DASHBOARD_PASSWORD" not in env
 
 
@@ -152,6 +156,7 @@ def test_comfyui_appearing_later_is_started(settings, tmp_path):
     proc = launch(settings, COMFYUI_DIR=str(later))
     try:
         time.sleep(1)
+        (later / "folder_paths.py").write_text((settings.comfyui_dir / "folder_paths.py").read_text())
         (later / "main.py").write_text((settings.comfyui_dir / "main.py").read_text())
         url = f"{settings.comfyui_url}/system_stats"
         wait_for(lambda: urllib.request.urlopen(url, timeout=2).status == 200, 30, what="ComfyUI started later")

@@ -12,6 +12,7 @@ import http.client
 import importlib.util
 import json
 import os
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,7 +78,11 @@ def standin_routes() -> list[tuple[str, str]]:
     """(method, path) of every route the ComfyUI stand-in serves, read from its own router."""
     spec = importlib.util.spec_from_file_location("standin_main", STANDIN)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(STANDIN.parent))  # its folder_paths, beside it as ComfyUI's is
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(STANDIN.parent))
     base = STANDIN.parent
     server = module.Server(module.parse_args([]), module.Folders(base), base)
     routes = set()

@@ -74,7 +74,7 @@ def test_the_stack_runs_kills_and_stops(stack_factory):
     assert any(line.startswith("dashboard ") for line in stack.lines)
     # The startup report is in the run dir, each step timed.
     report = json.loads(s.paths.startup_report.read_text())
-    assert [step["name"] for step in report["steps"]][:3] == ["run_dir", "volume", "layout"]
+    assert [step["name"] for step in report["steps"]][:4] == ["run_dir", "comfyuis", "volume", "layout"]
 
     # kill -9 each program once: supervisord restarts it and the crash reaches the bus.
     client = bus.connect(s)

@@ -57,8 +57,13 @@ def test_layout_config_and_secrets_on_first_run(settings):
     assert config["workspace"]["custom_nodes"] == str(paths.custom_nodes)
     for secret in (paths.session_key_file, paths.password_file):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    # One ComfyUI (the default): the program `comfyui`, as always, written for supervisord to include.
+    programs = (settings.run_dir / "supervisor-comfyui.conf").read_text()
+    assert programs.count("[program:") == 1 and "[program:comfyui]\n" in programs
+    assert "-m services.comfyui --instance 0\n" in programs and "/comfyui.log\n" in programs
     assert [s["name"] for s in report["steps"]] == [
         "run_dir",
+        "comfyuis",
         "volume",
         "layout",
         "model_paths",

@@ -129,9 +129,12 @@ def test_a_missing_node_pack_is_cloned_installed_and_loaded_after_one_restart(st
     kind, url = next(
         (k, u[0])
         for k, u in sorted(manager.classes.items())
-        if len(u) == 1 and u[0].startswith("https://github.com/") and k not in manager.core and k.isidentifier()
+        if len(u) == 1
+        and u[0].startswith("https://github.com/")
+        and k not in manager.core
+        and k.isidentifier()
         and not any(p.search(k) for p, _ in manager.patterns)
-    )  # fmt: skip
+    )
     head = _pack_repo(repos, url, kind)
     workflow = {"1": {"class_type": kind, "inputs": {}}}
     found = requests.post(f"{base}/api/workflows/analyze", json=workflow, headers=BEARER, timeout=30).json()
@@ -155,9 +158,12 @@ def test_a_pack_commit_that_does_not_exist_fails_with_git_s_reason_and_leaves_no
     kind, url = [
         (k, u[0])
         for k, u in sorted(manager.classes.items())
-        if len(u) == 1 and u[0].startswith("https://github.com/") and k not in manager.core and k.isidentifier()
+        if len(u) == 1
+        and u[0].startswith("https://github.com/")
+        and k not in manager.core
+        and k.isidentifier()
         and not any(p.search(k) for p, _ in manager.patterns)
-    ][-1]  # fmt: skip
+    ][-1]
     _pack_repo(repos, url, kind)
     body = {"workflow": {"1": {"class_type": kind, "inputs": {}}}, "commits": {url: "0" * 40}}
     started = requests.post(f"{base}/api/workflows/install", json=body, headers=BEARER, timeout=30)

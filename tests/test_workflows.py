@@ -172,9 +172,13 @@ def _flac(texts: dict[str, str]) -> bytes:
     streaminfo = bytes(34)
     return (
         b"fLaC"
-        + bytes([0]) + len(streaminfo).to_bytes(3, "big") + streaminfo
-        + bytes([0x80 | 4]) + len(body).to_bytes(3, "big") + body
-    )  # fmt: skip
+        + bytes([0])
+        + len(streaminfo).to_bytes(3, "big")
+        + streaminfo
+        + bytes([0x80 | 4])
+        + len(body).to_bytes(3, "big")
+        + body
+    )
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,10 @@ Records each custom node as ComfyUI begins to import it (COMFYUI_NODE_TRACE): a 
 process at import (SystemExit, os._exit) prints nothing, and is then the trace's last line. Python's
 audit hook sees every module body executed; only the first one of each node under COMFYUI_NODE_DIRS
 is written, with one os.write to an append-only file, which survives the process dying a moment later.
+
+With one ComfyUI per GPU sharing one output folder (COMFYUI_OUTPUT_PREFIX), every file name a node asks
+of ComfyUI's `folder_paths.get_save_image_path` (SaveImage, SaveVideo, SaveAudio and most custom savers)
+starts with this instance's prefix: each counts its own files, and none overwrites another's.
 """
 
 import os
@@ -45,3 +49,39 @@ if _trace and _dirs:
 _packages = os.environ.get("COMFYUI_PACKAGES")
 if _packages and os.path.isdir(_packages):
     site.addsitedir(_packages)
+
+_prefix = os.environ.get("COMFYUI_OUTPUT_PREFIX")
+if _prefix:
+    import importlib.machinery
+
+    def _prefixed(original, prefix=_prefix):
+        def get_save_image_path(filename_prefix, output_dir, image_width=0, image_height=0):
+            folder, sep, name = str(filename_prefix).rpartition("/")
+            if not name.startswith(prefix):
+                filename_prefix = folder + sep + prefix + name
+            return original(filename_prefix, output_dir, image_width, image_height)
+
+        get_save_image_path.__wrapped__ = original
+        return get_save_image_path
+
+    class _OutputPrefix:
+        """Finds ComfyUI's folder_paths as the normal path finder does, and wraps it once it has run."""
+
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name != "folder_paths":
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is None or spec.loader is None:
+                return spec
+            run = spec.loader.exec_module
+
+            def exec_module(module, run=run):
+                run(module)
+                if callable(getattr(module, "get_save_image_path", None)):
+                    module.get_save_image_path = _prefixed(module.get_save_image_path)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _OutputPrefix)

@@ -1,4 +1,5 @@
-"""`python -m services.comfyui`: check, build the argv, exec ComfyUI (or wait quietly when it is absent)."""
+"""`python -m services.comfyui [--instance N]`: check, build the argv, exec ComfyUI (or wait quietly when
+it is absent). N is which of the ComfyUIs startup planned (COMFYUI_GPUS; services/common/instances.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import signal
 import sys
 import threading
 
-from services.comfyui.launcher import address, build_argv, environment, model_path_configs, rotate_node_trace
-from services.common import accel, gpu, gpucheck, packages, safemode, service
+from services.comfyui.launcher import build_argv, environment, model_path_configs, rotate_node_trace
+from services.common import accel, gpu, gpucheck, instances, packages, safemode, service
 from services.common.comfyui import missing
 from services.common.ports import port_taken
 from services.common.settings import inherited_environment
@@ -20,8 +21,13 @@ RECHECK_SECONDS = 5.0
 
 
 def main() -> int:
-    service.arguments("services.comfyui", __doc__)
+    args = service.arguments("services.comfyui", __doc__, options=_options)
     settings = service.start("comfyui")
+    planned = instances.current(settings)
+    if args.instance >= len(planned):
+        log.error("no ComfyUI %d: COMFYUI_GPUS=%s plans %d", args.instance, settings.comfyui_gpus, len(planned))
+        return 2
+    instance = planned[args.instance]
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -34,7 +40,7 @@ def main() -> int:
         if stop.is_set():
             return 0
         log.info("ComfyUI found in %s: starting it", settings.comfyui_dir)
-    entries = safemode.record_previous_start(settings)
+    entries = safemode.record_previous_start(settings, instance)
     wait = safemode.backoff(entries)
     if wait:
         log.warning(
@@ -45,9 +51,11 @@ def main() -> int:
         if stop.wait(wait):
             return 0
     mode = safemode.decide(settings, entries)
-    host, port = address(settings)
+    host, port = instance.listen(settings)
     if port_taken(host, port):
         variable = "COMFYUI_PORT" if settings.door_open("comfyui") else "COMFYUI_INTERNAL_PORT"
+        if not instance.single:
+            variable += f" (+{instance.index} for {instance.program})"
         log.error("port %d on %s is already in use: stop what holds it or set %s to a free port", port, host, variable)
         return 1
     if settings.door_open("comfyui"):
@@ -65,11 +73,12 @@ def main() -> int:
         log.error("%s ComfyUI starts on the CPU until then.", verdict.message)
         use_gpu = False
     else:
-        log.info("GPU: %s", ", ".join(g.name for g in report.gpus))
+        mine = [g for g in report.gpus if instance.device in (None, g.index)]
+        log.info("GPU: %s", ", ".join(g.name for g in mine))
         if verdict.status == "warn":
             log.warning("%s", verdict.message)
-    argv = build_argv(settings, gpu=use_gpu, model_configs=configs)
-    env = environment(settings, inherited_environment())
+    argv = build_argv(settings, instance, gpu=use_gpu, model_configs=configs)
+    env = environment(settings, instance, inherited_environment())
     if use_gpu:
         # triton and SageAttention, each with a real kernel launch; a flag only for what passed.
         try:
@@ -87,7 +96,10 @@ def main() -> int:
             mode.node,
             mode.error,
         )
-    rotate_node_trace(settings)
+    rotate_node_trace(settings, instance)
+    temp = instance.temp_root(settings.paths)
+    if temp is not None:
+        temp.mkdir(exist_ok=True)  # ComfyUI refuses a --temp-directory that does not exist
     try:
         packages.prepare(settings)
     except OSError as exc:
@@ -99,6 +111,10 @@ def main() -> int:
     sys.stderr.flush()
     os.execve(argv[0], argv, env)
     return 0  # not reached
+
+
+def _options(parser) -> None:
+    parser.add_argument("--instance", type=int, default=0, metavar="N", help="which ComfyUI (0: the first)")
 
 
 if __name__ == "__main__":

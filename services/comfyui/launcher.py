@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from services.common import modelpaths, packages, supervisor, volume
+from services.common.instances import Instance
 from services.common.settings import Settings
 
 
@@ -23,19 +24,9 @@ def model_path_configs(settings: Settings) -> tuple[list[str], list[str]]:
     return files, notes
 
 
-def address(settings: Settings) -> tuple[str, int]:
-    """Where ComfyUI listens: loopback behind the front door, the public address only with FRONT_DOOR_OFF.
-
-    On loopback, ComfyUI-Manager also allows its install-from-URL and pip features (it refuses them on
-    a public address); the front door lets only logged-in users reach them."""
-    if settings.door_open("comfyui"):
-        return settings.comfyui_listen, settings.comfyui_port
-    return "127.0.0.1", settings.comfyui_internal_port
-
-
-def build_argv(settings: Settings, gpu: bool, model_configs: list[str]) -> list[str]:
+def build_argv(settings: Settings, instance: Instance, gpu: bool, model_configs: list[str]) -> list[str]:
     paths = settings.paths
-    host, port = address(settings)
+    host, port = instance.listen(settings)
     argv = [
         str(settings.comfyui_python),
         str(settings.comfyui_dir / "main.py"),
@@ -51,21 +42,26 @@ def build_argv(settings: Settings, gpu: bool, model_configs: list[str]) -> list[
         str(paths.user),
         # Its own database on the volume: the default lives in the ComfyUI tree, shared by every instance.
         "--database-url",
-        f"sqlite:///{paths.comfyui_database}",
+        f"sqlite:///{instance.database(paths)}",
     ]
+    temp = instance.temp_root(paths)
+    if temp is not None:
+        argv += ["--temp-directory", str(temp)]  # each empties its own at start, not the others' previews
     for config in model_configs:
         argv += ["--extra-model-paths-config", config]
+    extra = settings.comfyui_extra_args()
     if not gpu:
         argv.append("--cpu")
+    elif instance.device is not None and "--cuda-device" not in extra:
+        argv += ["--cuda-device", str(instance.device)]
     if settings.comfyui_manager and (settings.comfyui_dir / "manager_requirements.txt").exists():
         argv.append("--enable-manager")
-    extra = settings.comfyui_extra_args()
     if not volume.mmap_choice(settings)[0] and "--disable-mmap" not in extra:
         argv.append("--disable-mmap")
     return argv + extra
 
 
-def environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]:
+def environment(settings: Settings, instance: Instance, inherited: dict[str, str]) -> dict[str, str]:
     """ComfyUI's environment: nothing of the control plane's, and pip installs by custom nodes go to the
     volume and are read back after a restart.
 
@@ -87,16 +83,19 @@ def environment(settings: Settings, inherited: dict[str, str]) -> dict[str, str]
     env["HF_ENDPOINT"] = settings.hf_endpoint
     env.update(packages.pip_environment(settings, inherited))
     # Where its sitecustomize records each custom node before importing it (services/common/nodes.py).
-    env["COMFYUI_NODE_TRACE"] = str(paths.node_trace)
+    env["COMFYUI_NODE_TRACE"] = str(instance.trace(paths))
+    if instance.output_prefix:
+        # Read by the same sitecustomize: what it saves starts with this (services/common/instances.py).
+        env["COMFYUI_OUTPUT_PREFIX"] = instance.output_prefix
     env["COMFYUI_NODE_DIRS"] = os.pathsep.join((str(paths.custom_nodes), str(settings.comfyui_dir / "custom_nodes")))
     return env
 
 
-def rotate_node_trace(settings: Settings) -> None:
+def rotate_node_trace(settings: Settings, instance: Instance) -> None:
     """Keep the last start's trace (a node that killed it is its last line) and begin an empty one."""
     paths = settings.paths
     try:
-        paths.node_trace.replace(paths.node_trace_before)
+        instance.trace(paths).replace(instance.trace_before(paths))
     except FileNotFoundError:
         pass
-    paths.node_trace.write_bytes(b"")
+    instance.trace(paths).write_bytes(b"")

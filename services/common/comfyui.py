@@ -6,6 +6,7 @@ The probe asks `/system_stats` (small and fast) and `/prompt` (the queue length)
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 import urllib.error
@@ -13,8 +14,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Literal
 
-from services.common import timeouts
+from services.common import instances, timeouts
 from services.common.errors import Unavailable
+from services.common.instances import Instance
 from services.common.settings import Settings
 
 State = Literal["not_installed", "ready", "error", "unreachable"]
@@ -64,10 +66,11 @@ def _get(url: str, timeout: float) -> tuple[int, bytes]:
         return exc.code, b""
 
 
-def probe(settings: Settings, timeout: float = timeouts.COMFYUI_PROBE) -> Status:
+def probe(settings: Settings, timeout: float = timeouts.COMFYUI_PROBE, base: str | None = None) -> Status:
+    """The first ComfyUI, or the one at `base`."""
     if not installed(settings):
         return Status("not_installed", f"no ComfyUI in {settings.comfyui_dir}")
-    base = settings.comfyui_url
+    base = base or settings.comfyui_url
     try:
         status, body = _get(f"{base}/system_stats", timeout)
     except OSError as exc:
@@ -80,10 +83,20 @@ def probe(settings: Settings, timeout: float = timeouts.COMFYUI_PROBE) -> Status
         devices = [d.get("name") for d in stats.get("devices", [])]
     except (ValueError, KeyError, TypeError):
         return Status("error", "/system_stats answered something that is not ComfyUI's JSON")
-    return Status("ready", f"ComfyUI {version} ready", version, devices, _queue_remaining(base, timeout))
+    return Status("ready", f"ComfyUI {version} ready", version, devices, queue_remaining(base, timeout))
 
 
-def _queue_remaining(base: str, timeout: float) -> int | None:
+def probe_each(settings: Settings, timeout: float = timeouts.COMFYUI_PROBE) -> list[tuple[Instance, Status]]:
+    """Every ComfyUI (COMFYUI_GPUS), asked at once."""
+    found = instances.current(settings)
+    if len(found) == 1:
+        return [(found[0], probe(settings, timeout, found[0].url(settings)))]
+    with concurrent.futures.ThreadPoolExecutor(len(found), thread_name_prefix="probe") as pool:
+        return list(zip(found, pool.map(lambda i: probe(settings, timeout, i.url(settings)), found), strict=True))
+
+
+def queue_remaining(base: str, timeout: float = timeouts.COMFYUI_PROBE) -> int | None:
+    """How many prompts the ComfyUI at `base` has queued or running; None when it does not answer."""
     try:
         _, body = _get(f"{base}/prompt", timeout)
         return int(json.loads(body)["exec_info"]["queue_remaining"])
@@ -174,7 +187,7 @@ _node_types: tuple[float, tuple, set[str]] | None = None
 def _start_stamp(settings: Settings) -> tuple:
     # The launcher begins a new node trace at each ComfyUI start: a restart (new nodes) changes this.
     try:
-        stat = settings.paths.node_trace.stat()
+        stat = instances.current(settings)[0].trace(settings.paths).stat()
     except OSError:
         return (settings.comfyui_url, None)
     return (settings.comfyui_url, stat.st_mtime_ns, stat.st_size, stat.st_ino)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common import instances
+from services.common.files import fill
 from services.common.settings import Settings
 
 # Where each protected port serves the dashboard's login page and asks the dashboard for a yes.
@@ -26,7 +27,7 @@ WORKER_USER = "nobody"
 
 @dataclass(frozen=True)
 class Port:
-    name: str  # the program behind it: comfyui, jupyter, code-server, dashboard
+    name: str  # the program behind it: comfyui (comfyui-0, comfyui-1...), jupyter, code-server, dashboard
     title: str
     public: int
     internal: int | None  # where the program listens on 127.0.0.1; None for the dashboard (its socket)
@@ -42,15 +43,11 @@ def devtools_installed(settings: Settings) -> bool:
 
 def ports(settings: Settings) -> list[Port]:
     """The public web ports of this stack, the dashboard's first."""
-    found = [
-        Port("dashboard", "The dashboard", settings.dashboard_port, None, True),
-        Port(
-            "comfyui",
-            "ComfyUI",
-            settings.comfyui_port,
-            settings.comfyui_internal_port,
-            not settings.door_open("comfyui"),
-        ),
+    found = [Port("dashboard", "The dashboard", settings.dashboard_port, None, True)]
+    # One port per ComfyUI (COMFYUI_GPUS): 8188, 8189, ... each behind the login.
+    found += [
+        Port(i.program, i.title, i.public_port, i.internal_port, not settings.door_open("comfyui"))
+        for i in instances.current(settings)
     ]
     if devtools_installed(settings):
         found += [
@@ -85,11 +82,6 @@ def served(settings: Settings) -> list[Port]:
     return [p for p in ports(settings) if p.protected]
 
 
-def _fill(template: str, values: dict[str, str]) -> str:
-    # `{{name}}` placeholders: nginx's own `$variables` and braces stay as they are.
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
-
-
 def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
@@ -115,7 +107,7 @@ def render(settings: Settings, log_level: str = "warn") -> str:
     for p in served(settings):
         template = (config / ("dashboard.conf" if p.name == "dashboard" else "protected.conf")).read_text()
         servers.append(
-            _fill(
+            fill(
                 template,
                 {
                     "name": p.name,
@@ -133,7 +125,7 @@ def render(settings: Settings, log_level: str = "warn") -> str:
         lines += ["    real_ip_header X-Forwarded-For;", "    real_ip_recursive on;"]
         real_ip = "\n".join(lines) + "\n"
     identity = worker_identity()
-    return _fill(
+    return fill(
         (config / "nginx.conf").read_text(),
         {
             "user": identity[0] if identity else "# not started as root: the workers run as this user",

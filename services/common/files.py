@@ -1,9 +1,10 @@
-"""Small file helpers: atomic, change-only writes."""
+"""Small file helpers: atomic, change-only writes, and the one template syntax of our config files."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -58,3 +59,8 @@ def write_error(folder: Path) -> OSError | None:
         with contextlib.suppress(OSError):  # on a read-only volume even unlinking nothing fails
             probe.unlink()
     return None
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """`{{name}}` placeholders; every other brace (nginx's `${x}`, supervisord's `%(ENV_X)s`) stays as it is."""
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)

@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from services.common import instances
 from services.common.settings import Settings
 
 # How much of the end of ComfyUI's log to read: a start with a few hundred nodes fits many times.
@@ -145,7 +146,8 @@ _last: tuple[tuple, Report] | None = None
 def report(settings: Settings) -> Report:
     global _last
     paths = settings.paths
-    files = (paths.log_file("comfyui"), paths.node_trace, paths.node_trace_before)
+    first = instances.current(settings)[0]  # every ComfyUI loads the same nodes: the first one tells
+    files = (paths.log_file(first.program), first.trace(paths), first.trace_before(paths))
     key = (files, tuple(_stamp(f) for f in files))
     if _last is not None and _last[0] == key:
         return _last[1]

@@ -151,9 +151,6 @@ def check_folder(folder: str) -> str:
     return folder
 
 
-SERVICES: tuple[str, ...] = ("redis", "comfyui", "front-door", "dashboard", "worker", "health")
-
-
 @dataclass(frozen=True)
 class Paths:
     workspace: Path
@@ -307,16 +304,6 @@ class Paths:
     @property
     def dashboard_socket(self) -> Path:
         return self.front_door / "dashboard.sock"
-
-    @property
-    def node_trace(self) -> Path:
-        """Custom nodes in the order ComfyUI began importing them, this start (written by its sitecustomize)."""
-        return self.run_dir / "comfyui-nodes.trace"
-
-    @property
-    def node_trace_before(self) -> Path:
-        """The same for the start before: its last line names a node that ended the process."""
-        return self.run_dir / "comfyui-nodes.trace.1"
 
     @property
     def comfyui_constraints(self) -> Path:

@@ -8,7 +8,8 @@ naming every other one), until the node is removed or someone asks for all nodes
 (`clear`: the dashboard's "retry with all nodes", `DELETE /api/comfyui/safe-mode`). Between failed
 starts the launcher waits, doubling from 1 s up to 30 s.
 
-The state lives in RUN_DIR: a new container tries every node again.
+The state lives in RUN_DIR: a new container tries every node again. With one ComfyUI per GPU each keeps
+its own history; safe mode, once entered by one, applies to all (they load the same nodes).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from services.common import nodes
+from services.common import instances, nodes
 from services.common.files import write_atomic
+from services.common.instances import Instance
 from services.common.settings import Settings
 
 STARTS_IN_A_ROW = 2
@@ -39,17 +41,14 @@ class SafeMode:
         return asdict(self)
 
 
-def _history_file(settings: Settings) -> Path:
-    return settings.run_dir / "comfyui-starts.json"
-
-
 def _state_file(settings: Settings) -> Path:
+    # One for every ComfyUI (COMFYUI_GPUS): they load the same custom nodes.
     return settings.run_dir / "comfyui-safe-mode.json"
 
 
-def history(settings: Settings) -> list[dict]:
+def history(settings: Settings, instance: Instance) -> list[dict]:
     try:
-        return json.loads(_history_file(settings).read_text())
+        return json.loads(instance.starts(settings.paths).read_text())
     except (OSError, ValueError):
         return []
 
@@ -62,8 +61,9 @@ def current(settings: Settings) -> SafeMode | None:
 
 
 def clear(settings: Settings) -> bool:
-    """Every node again at the next start; True when safe mode was on."""
-    write_atomic(_history_file(settings), "[]\n")
+    """Every node again at the next start of every ComfyUI; True when safe mode was on."""
+    for instance in instances.current(settings):
+        write_atomic(instance.starts(settings.paths), "[]\n")
     try:
         _state_file(settings).unlink()
     except FileNotFoundError:
@@ -71,22 +71,24 @@ def clear(settings: Settings) -> bool:
     return True
 
 
-def record_previous_start(settings: Settings) -> list[dict]:
-    """How the last start ended, appended to the history (before the trace is rotated)."""
-    if not _history_file(settings).exists():
+def record_previous_start(settings: Settings, instance: Instance) -> list[dict]:
+    """How this ComfyUI's last start ended, appended to its history (before the trace is rotated)."""
+    paths = settings.paths
+    starts = instance.starts(paths)
+    if not starts.exists():
         # This run dir's first start: the log's last start belongs to an earlier container, whose end
         # (a `docker stop` during start-up, say) says nothing about this one.
-        write_atomic(_history_file(settings), "[]\n")
+        write_atomic(starts, "[]\n")
         return []
-    log = nodes.tail(settings.paths.log_file("comfyui"))
+    log = nodes.tail(paths.log_file(instance.program))
     segment = nodes.last_start(log)
     if segment is None:
-        return history(settings)
-    trace = nodes.read_trace(settings.paths.node_trace)
+        return history(settings, instance)
+    trace = nodes.read_trace(instance.trace(paths))
     got_through = nodes.TABLE in segment
     entry = {"at": time.time(), "got_through": got_through, "node": None if got_through else (trace or [None])[-1]}
-    entries = (history(settings) + [entry])[-HISTORY_KEPT:]
-    write_atomic(_history_file(settings), json.dumps(entries) + "\n")
+    entries = (history(settings, instance) + [entry])[-HISTORY_KEPT:]
+    write_atomic(starts, json.dumps(entries) + "\n")
     return entries
 
 

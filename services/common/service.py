@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
 from services.common.logs import setup_logging
 from services.common.settings import Settings, SettingsError, load_settings
@@ -30,11 +31,18 @@ def start(service: str) -> Settings:
     return settings
 
 
-def arguments(module: str, doc: str | None, argv: list[str] | None = None) -> argparse.Namespace:
-    """A service that takes no arguments still answers `--help` (its usage, exit 0) and refuses any
-    other argument (usage, exit 2) before it reads a setting or opens a socket: a person exploring
-    gets help, not a second worker on the live stack's queue."""
+Options = Callable[[argparse.ArgumentParser], None]
+
+
+def arguments(
+    module: str, doc: str | None, argv: list[str] | None = None, options: Options | None = None
+) -> argparse.Namespace:
+    """Every service answers `--help` (its usage, exit 0) and refuses an argument it does not take
+    (usage, exit 2) before it reads a setting or opens a socket: a person exploring gets help, not a
+    second worker on the live stack's queue. `options` adds the few a service takes."""
     parser = argparse.ArgumentParser(
         prog=f"python -m {module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    if options is not None:
+        options(parser)
     return parser.parse_args(argv)

@@ -22,6 +22,8 @@ APP_DIR_DEFAULT = Path(__file__).resolve().parents[2]
 # Environment names that look like ours; an unknown one among them is probably a typo.
 _OUR_PREFIXES = ("COMFYUI_", "DASHBOARD_", "HEALTH_", "REDIS_", "LOG_", "WORKSPACE_", "DOWNLOADS_", "FRONT_DOOR_")
 
+# ComfyUIs in one container (COMFYUI_GPUS): ports 8188.. and 18188.. stay clear of the others.
+MAX_COMFYUIS = 16
 # The web ports behind the front door; FRONT_DOOR_OFF may name any of them.
 DOOR_PORTS = ("comfyui", "jupyter", "code-server")
 
@@ -67,6 +69,11 @@ class Settings(BaseModel):
     )
     comfyui_port: int = _port("ComfyUI's public HTTP and WebSocket port, behind the dashboard's login.", 8188)
     comfyui_internal_port: int = _port("Where ComfyUI itself listens, on 127.0.0.1 only, behind the front door.", 18188)
+    comfyui_gpus: str = Field(
+        "1",
+        description="How many ComfyUIs, each on its own GPU and port (8188, 8189, ...): `1`; `auto`, one per"
+        " visible GPU; a count (`2`); or the GPUs' indexes (`0,1,3`).",
+    )
     comfyui_source_tokens: bool = Field(
         False,
         description="Give ComfyUI HF_TOKEN and CIVITAI_TOKEN in its environment (for custom nodes that download"
@@ -260,6 +267,23 @@ class Settings(BaseModel):
             raise ValueError(f"cannot be split like a shell command line ({exc})") from exc
         return value
 
+    @field_validator("comfyui_gpus")
+    @classmethod
+    def _gpus(cls, value: str) -> str:
+        value = value.strip().lower().replace(" ", "")
+        if value == "auto":
+            return value
+        if "," in value:
+            parts = [p for p in value.split(",") if p]
+            if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+                raise ValueError("a list of GPUs is distinct indexes, like 0,1,3")
+            if len(parts) > MAX_COMFYUIS:
+                raise ValueError(f"at most {MAX_COMFYUIS} ComfyUIs")
+            return ",".join(str(int(p)) for p in parts)
+        if not value.isdigit() or not 1 <= int(value) <= MAX_COMFYUIS:
+            raise ValueError(f"use auto, a count from 1 to {MAX_COMFYUIS}, or GPU indexes like 0,1,3")
+        return str(int(value))
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
@@ -299,7 +323,7 @@ class Settings(BaseModel):
 
     @property
     def comfyui_url(self) -> str:
-        """Where the stack itself reaches ComfyUI: past the front door, on loopback."""
+        """Where the stack itself reaches ComfyUI (the first, with several): past the front door, on loopback."""
         if self.door_open("comfyui"):
             host = "127.0.0.1" if self.comfyui_listen in ("0.0.0.0", "::") else self.comfyui_listen
             return f"http://{host}:{self.comfyui_port}"

@@ -6,7 +6,7 @@ import sys
 import xmlrpc.client
 from pathlib import Path
 
-from services.common import door
+from services.common import door, instances
 from services.common.settings import Settings, env_name
 from services.common.unixhttp import UnixConnection
 
@@ -27,11 +27,17 @@ def environment(settings: Settings) -> dict[str, str]:
         "REDIS_SERVER": settings.redis_server,
         "REDIS_CONF": str(paths.redis_conf),
         "REDIS_AUTOSTART": _flag(settings.local_redis),
-        "SUPERVISOR_INCLUDE": str(
-            settings.app_dir
-            / "config"
-            / "supervisor"
-            / ("devtools.conf" if door.devtools_installed(settings) else "none.conf")
+        # Space-separated, as supervisord's [include] reads it: ComfyUI's programs, then the dev tools'.
+        "SUPERVISOR_INCLUDE": " ".join(
+            (
+                str(instances.supervisor_file(settings)),
+                str(
+                    settings.app_dir
+                    / "config"
+                    / "supervisor"
+                    / ("devtools.conf" if door.devtools_installed(settings) else "none.conf")
+                ),
+            )
         ),
         "LOG_MAX_BYTES": str(settings.log_max_bytes),
         "LOG_BACKUPS": str(settings.log_backups),

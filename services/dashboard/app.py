@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from services.common import credentials, door
 from services.common.settings import Settings, load_settings
-from services.dashboard import api, auth, context, pages, state, workflows, ws
+from services.dashboard import api, auth, context, pages, router, state, workflows, ws
 from services.dashboard.auth import error
 
 log = logging.getLogger("dashboard")
@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init_app(app, settings)
     app.register_blueprint(api.bp)
     app.register_blueprint(workflows.bp)
+    app.register_blueprint(router.bp)
     app.register_blueprint(pages.bp)
     ws.init_app(app)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from flask import Blueprint, render_template, request
 
-from services.common import credentials, gpu, jobs, modelcache, presets
+from services.common import credentials, gpu, instances, jobs, modelcache, presets
 from services.common.errors import Problem, Unavailable
 from services.common.workflows import catalog
 from services.common.workflows import install as workflow_installs
@@ -49,9 +49,9 @@ def services():
 
 @bp.get("/logs")
 @bp.get("/logs/<name>")
-def logs(name: str = "comfyui"):
-    if name not in state.LOG_NAMES:
-        name = "comfyui"
+def logs(name: str | None = None):
+    if name not in state.known_logs(settings()):
+        name = instances.programs(settings())[0]  # the first ComfyUI's
     return _page("logs.html", name=name, names=state.log_names(settings()), lines=state.log_tail(settings(), name, 300))
 
 

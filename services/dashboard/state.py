@@ -19,6 +19,7 @@ from services.common import (
     door,
     gpu,
     gpucheck,
+    instances,
     jobs,
     logs,
     messages,
@@ -33,18 +34,23 @@ from services.common import (
 )
 from services.common import comfyui as comfyui_status
 from services.common.errors import Conflict, NotFound, Unavailable
-from services.common.paths import ALL_FOLDERS, SERVICES, WORK_SUFFIXES, check_folder
+from services.common.paths import ALL_FOLDERS, WORK_SUFFIXES, check_folder
 from services.common.settings import Settings
 
-# Programs a user may start, stop, restart and read the log of (never a path).
-PROGRAMS = (*SERVICES, "jupyter", "code-server")
-LOG_NAMES = (*PROGRAMS, "supervisord")
+
+def programs(settings: Settings) -> list[str]:
+    """Programs a user may start, stop, restart and read the log of (never a path)."""
+    return [*instances.services(settings), "jupyter", "code-server"]
+
+
+def known_logs(settings: Settings) -> list[str]:
+    return [*programs(settings), "supervisord"]
 
 
 def log_names(settings: Settings) -> list[str]:
     """The logs worth a tab here: the dev tools' only in the image that has them."""
     dev = door.devtools_installed(settings)
-    return [n for n in LOG_NAMES if dev or n not in ("jupyter", "code-server")]
+    return [n for n in known_logs(settings) if dev or n not in ("jupyter", "code-server")]
 
 
 def services(settings: Settings) -> list[dict]:
@@ -54,8 +60,10 @@ def services(settings: Settings) -> list[dict]:
         raise Unavailable(f"supervisord is not answering on its socket: {exc}") from None
     now = time.time()
     out = []
+    wanted = programs(settings)
+    comfyuis = set(instances.programs(settings))
     for info in infos:
-        if info["name"] not in PROGRAMS:
+        if info["name"] not in wanted:
             continue
         if info["name"] in ("jupyter", "code-server") and not (settings.devtools_dir / "bin" / info["name"]).exists():
             continue  # only the dev image has them
@@ -69,7 +77,7 @@ def services(settings: Settings) -> list[dict]:
                 "description": info["description"],
                 # The comfyui program stays RUNNING while it waits for ComfyUI to be installed: say so.
                 "note": "waiting: ComfyUI is not installed"
-                if info["name"] == "comfyui" and running and comfyui_status.missing(settings)
+                if info["name"] in comfyuis and running and comfyui_status.missing(settings)
                 else None,
             }
         )
@@ -132,8 +140,15 @@ def program_state(settings: Settings, name: str) -> str | None:
 
 
 def control(settings: Settings, name: str, action: str) -> dict:
-    if name not in PROGRAMS:
-        raise NotFound(f"no program {name!r}: one of {', '.join(PROGRAMS)}")
+    comfyuis = instances.programs(settings)
+    if name == "comfyui" and comfyuis != ["comfyui"]:
+        # One ComfyUI per GPU: "comfyui" is all of them, one after the other.
+        done = [control(settings, program, action) for program in comfyuis]
+        states = {d["state"] for d in done}
+        return {"name": "comfyui", "state": states.pop() if len(states) == 1 else "MIXED", "pid": None}
+    known = programs(settings)
+    if name not in known:
+        raise NotFound(f"no program {name!r}: one of {', '.join(known)}")
     if name == "dashboard" and action == "restart":
         return _restart_self(settings)
     rpc = supervisor.rpc(settings, timeout=timeouts.SUPERVISOR_CONTROL)
@@ -182,14 +197,21 @@ def _unless_already(call, name: str, already: str) -> None:
 
 
 def log_tail(settings: Settings, name: str, lines: int) -> list[str]:
-    if name not in LOG_NAMES:
-        raise NotFound(f"no log for {name!r}: one of {', '.join(LOG_NAMES)}")
+    known = known_logs(settings)
+    if name not in known:
+        raise NotFound(f"no log for {name!r}: one of {', '.join(known)}")
     return logs.tail(settings.paths.log_file(name), lines)
 
 
-def comfyui(settings: Settings) -> dict:
-    # When it was asked: a reader can tell a fresh answer from a remembered one.
-    return {**comfyui_status.probe(settings).as_dict(), "observed_at": time.time()}
+def comfyuis(settings: Settings, gpus: list[dict]) -> list[dict]:
+    """Each ComfyUI (one per GPU with COMFYUI_GPUS) with its GPU, port and state, asked at once."""
+    names = {g["index"]: g["name"] for g in gpus}
+    out = []
+    for instance, found in comfyui_status.probe_each(settings):
+        # No --cuda-device: ComfyUI takes the first GPU it sees.
+        name = names.get(instance.device if instance.device is not None else min(names, default=None))
+        out.append({**instance.as_dict(), "gpu": name, **found.as_dict()})
+    return out
 
 
 def host(settings: Settings) -> dict:
@@ -252,12 +274,18 @@ def status(settings: Settings, client: redis.Redis) -> dict:
         health_info = health(client)
     except (redis.RedisError, OSError) as exc:
         raise Unavailable(f"Redis is not answering: {exc}") from None
+    host_info = host(settings)
+    # When ComfyUI was asked: a reader can tell a fresh answer from a remembered one.
+    observed_at = time.time()
+    every = comfyuis(settings, host_info["gpus"])
     return {
         "services": service_list,
         "services_error": service_error,
         "startup": startup_report(settings),
-        "comfyui": comfyui(settings),
-        "host": host(settings),
+        # The first ComfyUI, as a single one always was; then every one (COMFYUI_GPUS).
+        "comfyui": {**every[0], "observed_at": observed_at},
+        "comfyui_instances": every,
+        "host": host_info,
         "health": health_info,
         # Which public ports the front door guards: one left open (FRONT_DOOR_OFF) must be seen.
         "ports": [p.as_dict() for p in door.ports(settings)],

@@ -85,7 +85,7 @@ class LogFollower:
     """Tails one service's log file from its current end."""
 
     def __init__(self, settings: Settings, name: str) -> None:
-        if name not in state.LOG_NAMES:
+        if name not in state.known_logs(settings):
             raise NotFound(f"no log for {name!r}")
         self.name = name
         self.path = settings.paths.log_file(name)

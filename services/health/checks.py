@@ -21,6 +21,7 @@ from services.common import (
     door,
     gpu,
     gpucheck,
+    instances,
     jobs,
     logs,
     messages,
@@ -34,7 +35,7 @@ from services.common import (
     volume,
 )
 from services.common.files import write_error
-from services.common.paths import ALL_FOLDERS, SERVICES
+from services.common.paths import ALL_FOLDERS
 from services.common.settings import Settings
 
 GB = 1024**3
@@ -126,7 +127,7 @@ def check_supervisor(settings: Settings) -> Result:
     except (OSError, xmlrpc.client.Error) as exc:
         return Result("supervisor", "fail", f"supervisord unreachable on {settings.paths.supervisor_socket}: {exc}")
     states = {i["name"]: i["statename"] for i in infos}
-    wanted = [s for s in SERVICES if s != "redis" or settings.local_redis]
+    wanted = [s for s in instances.services(settings) if s != "redis" or settings.local_redis]
     data = {"programs": states}
     fatal = [n for n in wanted if states.get(n) == "FATAL"]
     if fatal:
@@ -252,25 +253,43 @@ def check_front_door(settings: Settings) -> Result:
 
 
 def check_comfyui(settings: Settings) -> Result:
-    status = comfyui.probe(settings, timeouts.HTTP_CHECK)
-    if status.state == "not_installed":
+    """Each ComfyUI (one per GPU with COMFYUI_GPUS): the worst of them decides, each is named."""
+    if not comfyui.installed(settings):
         reason = f"not installed (no main.py in {settings.comfyui_dir})"
         return Result("comfyui", "warn", reason, data={"state": "not_installed"})
+    each = [_one_comfyui(settings, i, status) for i, status in comfyui.probe_each(settings, timeouts.HTTP_CHECK)]
+    if len(each) == 1:
+        return each[0][1]
+    worst = max((r.status for _, r in each), key=("ok", "warn", "fail").index)
+    listed = [
+        {"name": i.program, "device": i.device, "port": i.public_port, "status": r.status, "reason": r.reason, **r.data}
+        for i, r in each
+    ]
+    if worst == "ok":
+        ports = ", ".join(str(i.public_port) for i, _ in each)
+        reason = f"{len(each)} ComfyUIs {each[0][1].data.get('version')} ready on ports {ports}"
+    else:
+        reason = "; ".join(f"{i.program}: {r.reason}" for i, r in each if r.status != "ok")
+    return Result("comfyui", worst, reason, data={"instances": listed})
+
+
+def _one_comfyui(settings: Settings, instance, status: comfyui.Status) -> tuple:
     if status.state == "ready":
-        reason = f"ComfyUI {status.version} ready on port {settings.comfyui_port}"
-        return Result("comfyui", "ok", reason, data=status.as_dict())
+        reason = f"ComfyUI {status.version} ready on port {instance.public_port}"
+        return instance, Result("comfyui", "ok", reason, data=status.as_dict())
     if status.state == "error":
-        return Result("comfyui", "fail", status.message, data={"state": "error"})
+        return instance, Result("comfyui", "fail", status.message, data={"state": "error"})
     try:
-        info = supervisor.rpc(settings, timeout=timeouts.COMFYUI_PROBE).supervisor.getProcessInfo("comfyui")
+        rpc = supervisor.rpc(settings, timeout=timeouts.COMFYUI_PROBE)
+        info = rpc.supervisor.getProcessInfo(instance.program)
     except (OSError, xmlrpc.client.Error):
         info = {}
     if info.get("statename") in ("STARTING", "RUNNING"):
         # ComfyUI opens its port only when start-up is done: custom nodes can take minutes.
         since = time.time() - info.get("start", time.time())
-        return Result("comfyui", "warn", f"starting ({since:.0f} s so far)", data={"state": "starting"})
-    reason = f"down ({info.get('statename', 'unknown')}): see the comfyui log"
-    return Result("comfyui", "fail", reason, data={"state": "down"})
+        return instance, Result("comfyui", "warn", f"starting ({since:.0f} s so far)", data={"state": "starting"})
+    reason = f"down ({info.get('statename', 'unknown')}): see the {instance.program} log"
+    return instance, Result("comfyui", "fail", reason, data={"state": "down"})
 
 
 def check_nodes(settings: Settings) -> Result:

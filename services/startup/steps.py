@@ -7,7 +7,7 @@ import logging
 import shutil
 from string import Template
 
-from services.common import credentials, door, modelcache, modelpaths, volume
+from services.common import credentials, door, gpu, instances, modelcache, modelpaths, volume
 from services.common.files import write_atomic, write_error
 from services.common.paths import ALL_FOLDERS, WORKSPACE_DIRS
 from services.common.settings import Settings
@@ -26,6 +26,10 @@ def prepare_run_dir(settings: Settings) -> list[str]:
     run_dir = settings.run_dir
     if len(str(settings.paths.supervisor_socket)) > 100:
         raise StepError(f"RUN_DIR={run_dir} is too long for unix sockets (limit ~100 bytes): use a shorter path")
+    if any(c.isspace() for c in str(run_dir)):
+        raise StepError(
+            f"RUN_DIR={run_dir!r} holds a space: supervisord splits its include list on spaces. Use another path"
+        )
     try:
         # Others may pass through (nginx's unprivileged workers reach the front door's folder) but not
         # list it; every socket and file inside carries its own mode.
@@ -36,6 +40,25 @@ def prepare_run_dir(settings: Settings) -> list[str]:
             f"RUN_DIR={run_dir} cannot be created: {exc.strerror}. Point RUN_DIR at a writable folder."
         ) from exc
     return []
+
+
+def plan_comfyuis(settings: Settings) -> list[str]:
+    """How many ComfyUIs, on which GPUs (COMFYUI_GPUS), and supervisord's program for each."""
+    visible = None
+    if settings.comfyui_gpus != "1":
+        visible = [g.index for g in gpu.probe().gpus]  # NVML's indexes: what --cuda-device takes
+    try:
+        found, notes = instances.plan(settings, visible)
+    except ValueError as exc:
+        raise StepError(str(exc)) from None
+    try:
+        instances.write(settings, found)
+    except OSError as exc:
+        raise StepError(f"cannot write ComfyUI's programs in RUN_DIR={settings.run_dir}: {exc.strerror}") from exc
+    if len(found) > 1:
+        shown = ", ".join(f"{i.title} :{i.public_port}" for i in found)
+        log.info("%d ComfyUIs: %s", len(found), shown)
+    return notes
 
 
 def check_volume(settings: Settings) -> list[str]:
@@ -207,6 +230,7 @@ def write_manager_config(settings: Settings) -> list[str]:
 
 STEPS = (
     ("run_dir", prepare_run_dir),
+    ("comfyuis", plan_comfyuis),
     ("volume", check_volume),
     ("layout", make_layout),
     ("model_paths", write_model_paths),

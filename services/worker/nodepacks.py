@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from services.common import comfyui, nodes, packages, supervisor, timeouts
+from services.common import comfyui, instances, nodes, packages, supervisor, timeouts
 from services.common.messages import NodePackInstall, WorkflowInstall
 from services.common.settings import Settings, inherited_environment
 from services.common.workflows import install as workflow_install
@@ -98,26 +98,34 @@ def _publish(client: redis.Redis, record: WorkflowInstall) -> None:
         log.warning("workflow install %s: cannot publish its state (%s)", record.id, exc)
 
 
+# States in which a ComfyUI is meant to run: a restart brings it back.
+ALIVE = ("RUNNING", "STARTING", "BACKOFF")
+
+
 def restart_comfyui(settings: Settings) -> str | None:
-    """Restart ComfyUI and wait until it answers; None, or why the packs could not be checked."""
+    """Restart every ComfyUI and wait until they answer; None, or why the packs could not be checked."""
+    programs = instances.programs(settings)
     try:
         rpc = supervisor.rpc(settings, timeout=timeouts.SUPERVISOR_CONTROL)
-        if rpc.supervisor.getProcessInfo("comfyui")["statename"] not in ("RUNNING", "STARTING", "BACKOFF"):
+        running = [p for p in programs if rpc.supervisor.getProcessInfo(p)["statename"] in ALIVE]
+        if not running:
             return "ComfyUI is stopped: the packs load when it is started again"
-        try:
-            rpc.supervisor.stopProcess("comfyui")
-        except xmlrpc.client.Fault as fault:
-            if "NOT_RUNNING" not in fault.faultString:
-                raise
-        rpc.supervisor.startProcess("comfyui", False)
+        for program in running:
+            try:
+                rpc.supervisor.stopProcess(program)
+            except xmlrpc.client.Fault as fault:
+                if "NOT_RUNNING" not in fault.faultString:
+                    raise
+            rpc.supervisor.startProcess(program, False)
     except (OSError, xmlrpc.client.Fault) as exc:
         return f"supervisord could not restart ComfyUI: {exc}"
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        if comfyui.probe(settings).state == "ready" and nodes.report(settings).state == "loaded":
+        ready = all(status.state == "ready" for i, status in comfyui.probe_each(settings) if i.program in running)
+        if ready and nodes.report(settings).state == "loaded":
             return None
         time.sleep(1.0)
-    return f"ComfyUI was not ready {READY_TIMEOUT} s after the restart: see the comfyui log"
+    return f"ComfyUI was not ready {READY_TIMEOUT} s after the restart: see the {running[0]} log"
 
 
 def run(settings: Settings, client: redis.Redis, install_id: str) -> None:

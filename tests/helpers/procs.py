@@ -21,6 +21,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` free ports in a row (one ComfyUI per GPU takes COMFYUI_PORT + n)."""
+    for _ in range(100):
+        first = free_port()
+        if first + count > 65535:
+            continue
+        held = []
+        try:
+            for port in range(first, first + count):
+                held.append(socket.socket())
+                held[-1].bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"no {count} free ports in a row")
+
+
 def short_dir(prefix: str = "cd-") -> Path:
     """Unix socket paths are limited to ~107 bytes: pytest's tmp_path is too long for them."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))

@@ -47,14 +47,14 @@ def read(raw: bytes) -> Workflow:
     return from_json(text, "json")
 
 
-def parse_json(text: str | bytes) -> object:
+def parse_json(text: str | bytes, what: str = "the workflow") -> object:
     """The JSON value, or BadInput saying where it breaks."""
     try:
         return json.loads(text)
     except RecursionError:
-        raise BadInput("the workflow's JSON is nested too deeply") from None
+        raise BadInput(f"{what}'s JSON is nested too deeply") from None
     except ValueError as exc:
-        raise BadInput(f"the workflow is not valid JSON: {exc}") from None
+        raise BadInput(f"{what} is not valid JSON: {exc}") from None
 
 
 def from_json(text: str, source: str) -> Workflow:

@@ -31,6 +31,7 @@ import uuid
 import zlib
 from pathlib import Path
 
+import folder_paths  # beside this file, as ComfyUI's own is beside its main.py
 import yaml
 from aiohttp import WSMsgType, web
 
@@ -105,6 +106,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--log-stdout", action="store_true")
     p.add_argument("--verbose", nargs="?", const="DEBUG")
     p.add_argument("--disable-mmap", action="store_true")  # as ComfyUI: read safetensors whole
+    p.add_argument("--cuda-device", metavar="DEVICE_ID")  # as ComfyUI: it sets CUDA_VISIBLE_DEVICES to it
     return p.parse_args(argv)
 
 
@@ -440,10 +442,13 @@ class Server:
                     )
             await asyncio.sleep(self.step_seconds)
             if NODES[node["class_type"]]["output"]:
+                # As SaveImage: ComfyUI's folder_paths names the file (a wrapper the stack installs may prefix it).
                 self.output.mkdir(parents=True, exist_ok=True)
-                name = f"ComfyUI_{number:05d}_.png"
-                (self.output / name).write_bytes(tiny_png())
-                outputs[node_id] = {"images": [{"filename": name, "subfolder": "", "type": "output"}]}
+                prefix = node.get("inputs", {}).get("filename_prefix") or "ComfyUI"
+                folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, str(self.output))
+                name = f"{filename}_{counter:05}_.png"
+                (Path(folder) / name).write_bytes(tiny_png())
+                outputs[node_id] = {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
                 await self.send(
                     {
                         "type": "executed",
@@ -753,6 +758,9 @@ def main() -> int:
         if value and not os.path.isdir(value):
             log(f"Error: --{flag.replace('_', '-')} {value} does not exist")
             return 1
+    if args.cuda_device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.cuda_device)
+        log(f"Set cuda device to: {args.cuda_device}")
     folders = Folders(base)
     log(f"Python version: {platform.python_version()}")
     log(f"ComfyUI version: {VERSION}")
