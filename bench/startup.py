@@ -140,16 +140,18 @@ def comfyui_through_stack(root: Path) -> float:
 def comfyui_bare(root: Path) -> float:
     """The same ComfyUI with the argv and environment the launcher gives it, started alone."""
     from services.comfyui.launcher import build_argv, environment, model_path_configs
+    from services.common import instances
     from services.common.settings import load_settings
     from services.startup.__main__ import run_steps
 
     stack = Stack(root, STANDIN_STARTUP_SECONDS="0", STANDIN_STARTUP_CPU_SECONDS=COMFYUI_CPU_SECONDS)
     settings = load_settings(stack.env)
     run_steps(settings)
-    argv = build_argv(settings, gpu=False, model_configs=model_path_configs(settings)[0])
+    one = instances.current(settings)[0]
+    argv = build_argv(settings, one, gpu=False, model_configs=model_path_configs(settings)[0])
     begin = time.perf_counter()
     proc = subprocess.Popen(
-        argv, env=environment(settings, stack.env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        argv, env=environment(settings, one, stack.env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         return _wait_ok(f"{settings.comfyui_url}/system_stats", begin)

@@ -7,6 +7,7 @@ The probe asks `/system_stats` (small and fast) and `/prompt` (the queue length)
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import json
 import time
 import urllib.error
@@ -109,9 +110,9 @@ def queue_remaining(base: str, timeout: float = timeouts.COMFYUI_PROBE) -> int |
 RECENT = 10
 
 
-def _call(settings: Settings, method: str, path: str, payload: dict | None = None) -> bytes:
+def _call(settings: Settings, method: str, path: str, payload: dict | None = None, base: str | None = None) -> bytes:
     data = json.dumps(payload).encode() if payload is not None else None
-    url = settings.comfyui_url + path  # http on loopback, built here
+    url = (base or settings.comfyui_url) + path  # http on loopback, built here
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeouts.COMFYUI_PROBE) as response:  # noqa: S310
@@ -158,14 +159,24 @@ def work(settings: Settings) -> dict:
 
 
 def recent_prompts(settings: Settings, count: int = RECENT) -> list[dict]:
-    """The API-format prompts of the last `count` finished runs, newest first. Raises Unavailable."""
-    history = json.loads(_call(settings, "GET", f"/history?max_items={count}"))
-    prompts = []
-    for entry in reversed(list(history.values())):
-        item = entry.get("prompt") if isinstance(entry, dict) else None
-        if isinstance(item, list) and len(item) > 2 and isinstance(item[2], dict):
-            prompts.append(item[2])
-    return prompts
+    """The API-format prompts of the last `count` finished runs of each ComfyUI, newest first, one of
+    each in turn. Raises Unavailable when none answers."""
+    each, failed = [], None
+    for instance in instances.current(settings):
+        try:
+            history = json.loads(_call(settings, "GET", f"/history?max_items={count}", base=instance.url(settings)))
+        except Unavailable as exc:
+            failed = exc
+            continue
+        prompts = []
+        for entry in reversed(list(history.values())):
+            item = entry.get("prompt") if isinstance(entry, dict) else None
+            if isinstance(item, list) and len(item) > 2 and isinstance(item[2], dict):
+                prompts.append(item[2])
+        each.append(prompts)
+    if not each and failed is not None:
+        raise failed
+    return [p for turn in itertools.zip_longest(*each) for p in turn if p is not None]
 
 
 def interrupt(settings: Settings) -> None:
