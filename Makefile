@@ -58,6 +58,7 @@ bench: deps $(VENV)/.installed-test ## Benchmarks: print figures and ratios agai
 	$(PY) bench/workflows.py
 	$(PY) bench/dashboard.py
 	$(PY) bench/frontdoor.py
+	$(PY) bench/router.py
 	$(PY) bench/faults.py
 	$(PY) bench/downloads.py
 	$(PY) bench/netvolume.py

@@ -209,8 +209,17 @@ def test_the_router_sends_each_prompt_to_the_shortest_queue(stack):
     port = mine["port"]
     listed = requests.get(f"http://127.0.0.1:{port}/queue", headers=BEARER, timeout=5).json()
     assert mine["prompt_id"] in {item[1] for item in listed["queue_pending"] + listed["queue_running"]}
-    for port in (first, second):
-        requests.post(f"http://127.0.0.1:{port}/queue", json={"clear": True}, headers=BEARER, timeout=5)
+    # Each instance's queue through the dashboard's API, by name; a name that is none is a 404.
+    api = f"{dashboard(stack)}/api/comfyui"
+    work = requests.get(f"{api}/queue?instance=comfyui-1", headers=BEARER, timeout=10).json()
+    assert work["pending"] and abs(len(work["running"]) + len(work["pending"]) - queue(second)) <= 1
+    for name in ("comfyui-0", "comfyui-1"):
+        cleared = requests.post(f"{api}/queue/clear?instance={name}", headers=BEARER, timeout=10)
+        assert cleared.json() == {"cleared": True}
+    assert queue(first) <= 1 and queue(second) <= 1  # the running prompts finish
+    wrong = requests.get(f"{api}/queue?instance=comfyui-9", headers=BEARER, timeout=10)
+    assert wrong.status_code == 404
+    assert wrong.json()["error"]["message"] == "no ComfyUI 'comfyui-9': one of comfyui-0, comfyui-1"
 
 
 def test_the_router_says_what_is_wrong(stack):

@@ -147,10 +147,11 @@ def _finished(prompt_id: str, entry: dict) -> dict:
     }
 
 
-def work(settings: Settings) -> dict:
-    """The prompts running and waiting, and the last ones finished, newest first. Raises Unavailable."""
-    queue = json.loads(_call(settings, "GET", "/queue"))
-    history = json.loads(_call(settings, "GET", f"/history?max_items={RECENT}"))
+def work(settings: Settings, base: str | None = None) -> dict:
+    """The prompts running and waiting, and the last ones finished, newest first, of the first ComfyUI or
+    the one at `base`. Raises Unavailable."""
+    queue = json.loads(_call(settings, "GET", "/queue", base=base))
+    history = json.loads(_call(settings, "GET", f"/history?max_items={RECENT}", base=base))
     return {
         "running": [_prompt(item) for item in queue.get("queue_running", [])],
         "pending": [_prompt(item) for item in sorted(queue.get("queue_pending", []), key=lambda i: i[0])],
@@ -179,14 +180,14 @@ def recent_prompts(settings: Settings, count: int = RECENT) -> list[dict]:
     return [p for turn in itertools.zip_longest(*each) for p in turn if p is not None]
 
 
-def interrupt(settings: Settings) -> None:
+def interrupt(settings: Settings, base: str | None = None) -> None:
     """Stop the prompt that runs now (ComfyUI's own interrupt); the queue goes on."""
-    _call(settings, "POST", "/interrupt", {})
+    _call(settings, "POST", "/interrupt", {}, base=base)
 
 
-def clear_queue(settings: Settings) -> None:
+def clear_queue(settings: Settings, base: str | None = None) -> None:
     """Drop every waiting prompt; the running one finishes."""
-    _call(settings, "POST", "/queue", {"clear": True})
+    _call(settings, "POST", "/queue", {"clear": True}, base=base)
 
 
 # `/object_info` is large (1.6 MB for ComfyUI's own nodes, more with custom ones): read it whole, rarely.

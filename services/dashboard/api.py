@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
 from pydantic import ValidationError
 
-from services.common import comfyui, credentials, history, jobs, nodes, presets, safemode
+from services.common import comfyui, credentials, history, instances, jobs, nodes, presets, safemode
 from services.common.errors import BadInput, NotFound, Problem
 from services.common.messages import DownloadSpec
 from services.common.settings import Settings, check_token
@@ -140,21 +140,31 @@ def comfyui_nodes():
     return jsonify({**nodes.report(settings()).as_dict(), "safe_mode": mode.as_dict() if mode else None})
 
 
+def _comfyui_base() -> str:
+    """Where the ComfyUI of `?instance=` listens (COMFYUI_GPUS); without it, the first one."""
+    name = request.args.get("instance")
+    found = instances.current(settings())
+    chosen = found[0] if name is None else instances.named(settings(), name)
+    if chosen is None:
+        raise NotFound(f"no ComfyUI {name!r}: one of {', '.join(i.program for i in found)}")
+    return chosen.url(settings())
+
+
 @bp.get("/comfyui/queue")
 def comfyui_queue():
     """ComfyUI's own work: prompts running and waiting, and the last ones with status, time and error."""
-    return jsonify(comfyui.work(settings()))
+    return jsonify(comfyui.work(settings(), _comfyui_base()))
 
 
 @bp.post("/comfyui/interrupt")
 def comfyui_interrupt():
-    comfyui.interrupt(settings())
+    comfyui.interrupt(settings(), _comfyui_base())
     return jsonify(interrupted=True)
 
 
 @bp.post("/comfyui/queue/clear")
 def comfyui_clear_queue():
-    comfyui.clear_queue(settings())
+    comfyui.clear_queue(settings(), _comfyui_base())
     return jsonify(cleared=True)
 
 
