@@ -51,6 +51,9 @@ def test_the_plan_follows_the_setting_and_the_gpus_there_are(settings):
     listed, notes = planned(settings, "0,1,3", [0, 1, 2])
     assert [(i.program, i.device) for i in listed] == [("comfyui-0", 0), ("comfyui-1", 1)]
     assert notes == ["COMFYUI_GPUS lists GPU 3, not visible here (0, 1, 2): left out"]
+    pinned, notes = planned(settings, load_settings({"COMFYUI_GPUS": "3,"}).comfyui_gpus, [0, 1, 2, 3])
+    assert [(i.program, i.device) for i in pinned] == [("comfyui", 3)] and not notes  # `3,` is GPU 3
+    assert load_settings({"COMFYUI_GPUS": " 0, 1 "}).comfyui_gpus == "0,1"
     capped, notes = planned(settings, "4", [0, 1])
     assert len(capped) == 2 and notes == ["COMFYUI_GPUS=4 but 2 GPU(s) visible: 2 ComfyUI(s)"]
     on_cpu, notes = planned(settings, "2", None)

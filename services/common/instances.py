@@ -107,14 +107,14 @@ def _devices(settings: Settings, visible: list[int] | None) -> tuple[list[int | 
             return [None], ["COMFYUI_GPUS=auto and no GPU visible: one ComfyUI, on the CPU"]
         return (list(visible) if len(visible) > 1 else [None]), []
     if "," in wanted:
-        listed = [int(part) for part in wanted.split(",")]
+        listed = [int(part) for part in wanted.split(",") if part]
         if visible:
             absent = [d for d in listed if d not in visible]
             if absent:
                 missing, seen = ", ".join(map(str, absent)), ", ".join(map(str, visible))
                 notes.append(f"COMFYUI_GPUS lists GPU {missing}, not visible here ({seen}): left out")
             listed = [d for d in listed if d in visible] or [visible[0]]
-        return (listed if len(listed) > 1 else [listed[0]]), notes
+        return listed, notes  # one listed: the single `comfyui`, on that GPU
     count = int(wanted)
     if count == 1:
         return [None], []

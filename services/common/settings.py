@@ -279,7 +279,8 @@ class Settings(BaseModel):
                 raise ValueError("a list of GPUs is distinct indexes, like 0,1,3")
             if len(parts) > MAX_COMFYUIS:
                 raise ValueError(f"at most {MAX_COMFYUIS} ComfyUIs")
-            return ",".join(str(int(p)) for p in parts)
+            # One index keeps its comma: `3,` is GPU 3, where `3` is a count.
+            return ",".join(str(int(p)) for p in parts) + ("," if len(parts) == 1 else "")
         if not value.isdigit() or not 1 <= int(value) <= MAX_COMFYUIS:
             raise ValueError(f"use auto, a count from 1 to {MAX_COMFYUIS}, or GPU indexes like 0,1,3")
         return str(int(value))
