@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.frontdoor import p50_p99
 from tests.helpers.procs import free_ports, wait_for
 from tests.helpers.stack import PASSWORD, Stack
 
@@ -69,10 +69,6 @@ def work(stack: Stack, port: int, path: str) -> float:
     timed_posts(port, path, WORK)
     idle(stack)
     return time.perf_counter() - begin
-
-
-def p50_p99(values: list[float]) -> tuple[float, float]:
-    return statistics.median(values), statistics.quantiles(values, n=100)[98]
 
 
 def main() -> int:

@@ -52,16 +52,17 @@ if _packages and os.path.isdir(_packages):
 
 _prefix = os.environ.get("COMFYUI_OUTPUT_PREFIX")
 if _prefix:
+    import functools
     import importlib.machinery
 
     def _prefixed(original, prefix=_prefix):
+        @functools.wraps(original)
         def get_save_image_path(filename_prefix, output_dir, image_width=0, image_height=0):
             folder, sep, name = str(filename_prefix).rpartition("/")
             if not name.startswith(prefix):
                 filename_prefix = folder + sep + prefix + name
             return original(filename_prefix, output_dir, image_width, image_height)
 
-        get_save_image_path.__wrapped__ = original
         return get_save_image_path
 
     class _OutputPrefix:

@@ -12,8 +12,9 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from services.common import instances, timeouts
 from services.common.errors import Unavailable
@@ -21,6 +22,7 @@ from services.common.instances import Instance
 from services.common.settings import Settings
 
 State = Literal["not_installed", "ready", "error", "unreachable"]
+T = TypeVar("T")
 
 
 def missing(settings: Settings) -> str | None:
@@ -87,13 +89,17 @@ def probe(settings: Settings, timeout: float = timeouts.COMFYUI_PROBE, base: str
     return Status("ready", f"ComfyUI {version} ready", version, devices, queue_remaining(base, timeout))
 
 
-def probe_each(settings: Settings, timeout: float = timeouts.COMFYUI_PROBE) -> list[tuple[Instance, Status]]:
-    """Every ComfyUI (COMFYUI_GPUS), asked at once."""
+def ask_each(settings: Settings, ask: Callable[[Instance], T]) -> list[tuple[Instance, T]]:
+    """`ask` of every ComfyUI (COMFYUI_GPUS), all at once; one alone is asked in this thread."""
     found = instances.current(settings)
     if len(found) == 1:
-        return [(found[0], probe(settings, timeout, found[0].url(settings)))]
-    with concurrent.futures.ThreadPoolExecutor(len(found), thread_name_prefix="probe") as pool:
-        return list(zip(found, pool.map(lambda i: probe(settings, timeout, i.url(settings)), found), strict=True))
+        return [(found[0], ask(found[0]))]
+    with concurrent.futures.ThreadPoolExecutor(len(found), thread_name_prefix="ask") as pool:
+        return list(zip(found, pool.map(ask, found), strict=True))
+
+
+def probe_each(settings: Settings, timeout: float = timeouts.COMFYUI_PROBE) -> list[tuple[Instance, Status]]:
+    return ask_each(settings, lambda i: probe(settings, timeout, i.url(settings)))
 
 
 def queue_remaining(base: str, timeout: float = timeouts.COMFYUI_PROBE) -> int | None:

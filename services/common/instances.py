@@ -87,8 +87,7 @@ class Instance:
 
     def url(self, settings: Settings) -> str:
         """Where the stack itself reaches it: past the front door, on loopback."""
-        host, port = self.listen(settings)
-        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        return settings.comfyui_url_at(self.index)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "name": self.program, "title": self.title}

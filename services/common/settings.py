@@ -324,11 +324,16 @@ class Settings(BaseModel):
 
     @property
     def comfyui_url(self) -> str:
-        """Where the stack itself reaches ComfyUI (the first, with several): past the front door, on loopback."""
+        """Where the stack itself reaches ComfyUI (the first, with several)."""
+        return self.comfyui_url_at(0)
+
+    def comfyui_url_at(self, index: int) -> str:
+        """Where the stack itself reaches ComfyUI number `index` (COMFYUI_GPUS): past the front door, on
+        loopback; each takes the port after the one before it."""
         if self.door_open("comfyui"):
             host = "127.0.0.1" if self.comfyui_listen in ("0.0.0.0", "::") else self.comfyui_listen
-            return f"http://{host}:{self.comfyui_port}"
-        return f"http://127.0.0.1:{self.comfyui_internal_port}"
+            return f"http://{host}:{self.comfyui_port + index}"
+        return f"http://127.0.0.1:{self.comfyui_internal_port + index}"
 
     @property
     def paths(self) -> Paths:

@@ -11,7 +11,6 @@ the same moment would otherwise both see the same queue lengths and go to the sa
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import fcntl
 import json
@@ -22,7 +21,7 @@ import urllib.request
 from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from services.common import comfyui, instances
+from services.common import comfyui
 from services.common.errors import BadInput, Problem, Unavailable
 from services.common.instances import Instance
 from services.common.settings import Settings
@@ -51,7 +50,7 @@ def prompt():
         )
     s = settings()
     with _turn(s):
-        queues = _queues(s)
+        queues = comfyui.ask_each(s, lambda i: comfyui.queue_remaining(i.url(s)))
         answering = [(length, i.index, i) for i, length in queues if length is not None]
         if not answering:
             raise Unavailable("no ComfyUI is answering (starting, or down): see the overview and the comfyui logs")
@@ -89,13 +88,6 @@ def _turn(s: Settings):
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _queues(s: Settings) -> list[tuple[Instance, int | None]]:
-    found = instances.current(s)
-    with concurrent.futures.ThreadPoolExecutor(len(found), thread_name_prefix="queue") as pool:
-        lengths = pool.map(lambda i: comfyui.queue_remaining(i.url(s)), found)
-        return list(zip(found, lengths, strict=True))
 
 
 def _send(s: Settings, instance: Instance, payload: bytes) -> tuple[int, dict]:

@@ -35,6 +35,7 @@ from services.common import (
     volume,
 )
 from services.common.files import write_error
+from services.common.instances import Instance
 from services.common.paths import ALL_FOLDERS
 from services.common.settings import Settings
 
@@ -257,7 +258,7 @@ def check_comfyui(settings: Settings) -> Result:
     if not comfyui.installed(settings):
         reason = f"not installed (no main.py in {settings.comfyui_dir})"
         return Result("comfyui", "warn", reason, data={"state": "not_installed"})
-    each = [_one_comfyui(settings, i, status) for i, status in comfyui.probe_each(settings, timeouts.HTTP_CHECK)]
+    each = [(i, _one_comfyui(settings, i, status)) for i, status in comfyui.probe_each(settings, timeouts.HTTP_CHECK)]
     if len(each) == 1:
         return each[0][1]
     worst = max((r.status for _, r in each), key=("ok", "warn", "fail").index)
@@ -273,12 +274,12 @@ def check_comfyui(settings: Settings) -> Result:
     return Result("comfyui", worst, reason, data={"instances": listed})
 
 
-def _one_comfyui(settings: Settings, instance, status: comfyui.Status) -> tuple:
+def _one_comfyui(settings: Settings, instance: Instance, status: comfyui.Status) -> Result:
     if status.state == "ready":
         reason = f"ComfyUI {status.version} ready on port {instance.public_port}"
-        return instance, Result("comfyui", "ok", reason, data=status.as_dict())
+        return Result("comfyui", "ok", reason, data=status.as_dict())
     if status.state == "error":
-        return instance, Result("comfyui", "fail", status.message, data={"state": "error"})
+        return Result("comfyui", "fail", status.message, data={"state": "error"})
     try:
         rpc = supervisor.rpc(settings, timeout=timeouts.COMFYUI_PROBE)
         info = rpc.supervisor.getProcessInfo(instance.program)
@@ -287,9 +288,9 @@ def _one_comfyui(settings: Settings, instance, status: comfyui.Status) -> tuple:
     if info.get("statename") in ("STARTING", "RUNNING"):
         # ComfyUI opens its port only when start-up is done: custom nodes can take minutes.
         since = time.time() - info.get("start", time.time())
-        return instance, Result("comfyui", "warn", f"starting ({since:.0f} s so far)", data={"state": "starting"})
+        return Result("comfyui", "warn", f"starting ({since:.0f} s so far)", data={"state": "starting"})
     reason = f"down ({info.get('statename', 'unknown')}): see the {instance.program} log"
-    return instance, Result("comfyui", "fail", reason, data={"state": "down"})
+    return Result("comfyui", "fail", reason, data={"state": "down"})
 
 
 def check_nodes(settings: Settings) -> Result:
