@@ -319,22 +319,16 @@ def test_every_entry_point_answers_help_at_once_without_a_socket(tmp_path):
         "WORKSPACE": str(tmp_path / "ws"),
         "RUN_DIR": str(tmp_path / "run"),
     }
-    for module in MODULES:  # each bounded by its timeout: one that started a service would never return
-        shown = subprocess.run(
-            [str(VENV_PYTHON), "-m", f"services.{module}", "--help"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+
+    def call(module: str, option: str) -> subprocess.CompletedProcess:
+        # Bounded by its timeout: one that started a service would never return.
+        argv = [str(VENV_PYTHON), "-m", f"services.{module}", option]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+
+    for module in MODULES:
+        shown = call(module, "--help")
         assert shown.returncode == 0, (module, shown.stderr)
         assert "usage" in shown.stdout.lower(), (module, shown.stdout)
-        wrong = subprocess.run(
-            [str(VENV_PYTHON), "-m", f"services.{module}", "--no-such-option"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        wrong = call(module, "--no-such-option")
         assert wrong.returncode == 2, (module, wrong.stdout, wrong.stderr)
     assert not record.exists(), record.read_text()

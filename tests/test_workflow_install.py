@@ -123,10 +123,9 @@ def test_a_template_installs_end_to_end_from_a_mirror_and_is_then_ready(stack, b
     assert all(f["job_id"] is None and f["note"] == install.ON_VOLUME for f in second.json()["files"])
 
 
-def test_a_missing_node_pack_is_cloned_installed_and_loaded_after_one_restart(stack, base, repos):
-    settings = stack.settings
-    manager = catalog.manager(settings)
-    kind, url = next(
+def _single_class_packs(manager) -> list[tuple[str, str]]:
+    """(node class, GitHub repository) of Manager's map where one pack alone provides a plain class name."""
+    return [
         (k, u[0])
         for k, u in sorted(manager.classes.items())
         if len(u) == 1
@@ -134,7 +133,13 @@ def test_a_missing_node_pack_is_cloned_installed_and_loaded_after_one_restart(st
         and k not in manager.core
         and k.isidentifier()
         and not any(p.search(k) for p, _ in manager.patterns)
-    )
+    ]
+
+
+def test_a_missing_node_pack_is_cloned_installed_and_loaded_after_one_restart(stack, base, repos):
+    settings = stack.settings
+    manager = catalog.manager(settings)
+    kind, url = _single_class_packs(manager)[0]
     head = _pack_repo(repos, url, kind)
     workflow = {"1": {"class_type": kind, "inputs": {}}}
     found = requests.post(f"{base}/api/workflows/analyze", json=workflow, headers=BEARER, timeout=30).json()
@@ -155,15 +160,7 @@ def test_a_missing_node_pack_is_cloned_installed_and_loaded_after_one_restart(st
 def test_a_pack_commit_that_does_not_exist_fails_with_git_s_reason_and_leaves_nothing(stack, base, repos):
     settings = stack.settings
     manager = catalog.manager(settings)
-    kind, url = [
-        (k, u[0])
-        for k, u in sorted(manager.classes.items())
-        if len(u) == 1
-        and u[0].startswith("https://github.com/")
-        and k not in manager.core
-        and k.isidentifier()
-        and not any(p.search(k) for p, _ in manager.patterns)
-    ][-1]
+    kind, url = _single_class_packs(manager)[-1]
     _pack_repo(repos, url, kind)
     body = {"workflow": {"1": {"class_type": kind, "inputs": {}}}, "commits": {url: "0" * 40}}
     started = requests.post(f"{base}/api/workflows/install", json=body, headers=BEARER, timeout=30)
