@@ -7,11 +7,14 @@ dashboard stopped closes the door; ComfyUI holds no secret and listens on loopba
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import importlib.util
 import json
 import os
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -350,6 +353,33 @@ def test_a_killed_front_door_comes_back_on_its_ports(stack):
     )
     wait_for(lambda: comfyui_get(s, "/system_stats", bearer()).status_code == 200, 30, what="the door back")
     assert "left over from a front door that was killed" in s.paths.log_file("front-door").read_text()
+
+
+def test_a_stale_pid_file_never_costs_another_nginx_its_workers(tmp_path):
+    """After a reboot the old master's pid may belong to another nginx (the system's): not ours to kill."""
+    from services.frontdoor.__main__ import orphans
+
+    fake = tmp_path / "nginx"  # a process whose name is nginx, as ps and /proc/<pid>/comm show it
+    fake.write_bytes(Path("/bin/sleep").read_bytes())
+    fake.chmod(0o755)
+    pid_file = tmp_path / "nginx.pid"
+    # A live group leader named nginx with a worker of the same name: someone else's running nginx.
+    master = subprocess.Popen(["/bin/sh", "-c", f"{fake} 60 & exec {fake} 60"], start_new_session=True)
+    # A leader that is gone with its worker left: what kill -9 of our master leaves.
+    gone = subprocess.Popen(["/bin/sh", "-c", f"{fake} 60 & exit 0"], start_new_session=True)
+    gone.wait(10)
+    try:
+        wait_for(lambda: len(psutil.Process(master.pid).children()) == 1, 10, what="the live nginx's worker")
+        pid_file.write_text(f"{master.pid}\n")
+        assert orphans(pid_file) == []
+        pid_file.write_text(f"{gone.pid}\n")
+        left = wait_for(lambda: orphans(pid_file), 10, what="the orphan")
+        assert len(left) == 1 and psutil.Process(left[0]).ppid() != gone.pid
+    finally:
+        for group in (master.pid, gone.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, 9)
+        master.wait(10)
 
 
 def _from(address: str, port: int, method: str, path: str, body: str = "", headers: dict | None = None) -> int:

@@ -31,6 +31,11 @@ def orphans(pid_file: Path) -> list[int]:
         group = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return []
+    if Path(f"/proc/{group}").exists():
+        # Linux hands out no pid while a group of that number has members: a live process with the old
+        # master's pid means our group is empty and the pid went to another program (after a reboot, the
+        # system's own nginx): its workers are not ours to kill.
+        return []
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
