@@ -443,3 +443,14 @@ def test_a_trusted_proxy_names_the_client_and_nobody_else_can(open_stack):
     assert _from("127.0.0.3", s.dashboard_port, "POST", "/login", "password=wrong", named) == 401
     counted = {k.decode() if isinstance(k, bytes) else k for k in client.keys("login:failures:*")}
     assert counted == {messages.login_failures_key("203.0.113.7"), messages.login_failures_key("127.0.0.3")}
+
+
+def test_nginx_drops_an_idle_dashboard_connection_before_gunicorn_does(settings):
+    """Whichever side closes an idle keep-alive connection first loses the request the other sends on it
+    at that moment (a POST is not retried: the user would see "not answering"). nginx must be first."""
+    from services.common import door
+    from services.dashboard.__main__ import DashboardServer
+
+    upstream = re.search(r"upstream dashboard \{(.*?)\}", door.render(settings), re.S).group(1)
+    nginx_idle = int(re.search(r"keepalive_timeout (\d+)s;", upstream).group(1))
+    assert nginx_idle < DashboardServer(settings).cfg.keepalive

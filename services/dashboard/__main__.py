@@ -28,6 +28,10 @@ class DashboardServer(BaseApplication):
             # Each open WebSocket holds one thread for its whole life.
             "threads": s.dashboard_threads,
             "timeout": 60,
+            # nginx keeps idle connections to us for reuse and drops them after its upstream
+            # keepalive_timeout (60 s, nginx.conf). Were we to drop one first (gunicorn's default is 2 s),
+            # a request nginx sends on it at that moment is lost: nginx retries a GET, but a POST gets a 503.
+            "keepalive": 75,
             # A stop (QUIT, see supervisord.conf) gives requests in flight a second, not five.
             "graceful_timeout": 1,
             "control_socket_disable": True,
