@@ -15,6 +15,7 @@ import requests
 
 from services.comfyui.launcher import build_argv, environment
 from services.common import instances
+from services.common.gpu import Gpu, cuda_visible
 from services.common.settings import SettingsError, load_settings
 from tests.helpers.procs import free_port, free_ports, wait_for
 from tests.helpers.stack import PASSWORD, Stack
@@ -90,6 +91,32 @@ def test_each_instance_has_its_gpu_port_database_temp_and_prefix(settings):
     env = environment(settings, second, {"PATH": "/usr/bin"})
     assert env["COMFYUI_OUTPUT_PREFIX"] == "comfyui-1_"
     assert env["COMFYUI_NODE_TRACE"] == str(settings.run_dir / "comfyui-1-nodes.trace")
+
+
+def test_cuda_visible_devices_limits_the_gpus_as_cuda_reads_it():
+    gpus = [Gpu(n, "NVIDIA H200", 141 << 30, 0, None, None, uuid=f"GPU-{n}a1b2c3-0000") for n in range(4)]
+    assert cuda_visible(gpus, None) == ([0, 1, 2, 3], [])
+    assert cuda_visible(gpus, "2,3") == ([2, 3], [])
+    assert cuda_visible(gpus, " GPU-3a1b, 1") == ([3, 1], [])  # a UUID's unique prefix will do
+    assert cuda_visible(gpus, "") == ([], [])  # CUDA sees no GPU
+    assert cuda_visible(gpus, "1,7,2") == (
+        [1],
+        ["CUDA_VISIBLE_DEVICES=1,7,2: '7' names no GPU here (GPUs 0, 1, 2, 3): it and what follows are hidden"],
+    )
+    assert cuda_visible(gpus, "MIG-1,0")[0] == []
+    assert cuda_visible(gpus, "0,0") == (
+        [0],
+        ["CUDA_VISIBLE_DEVICES=0,0: '0' names a GPU twice: it and what follows are hidden"],
+    )
+
+
+def test_a_pinned_comfyui_numbers_gpus_as_nvidia_smi_does(settings):
+    inherited = {"PATH": "/usr/bin", "CUDA_VISIBLE_DEVICES": "2,3"}
+    single = instances.plan(settings, [0, 1, 2, 3])[0][0]
+    assert environment(settings, single, inherited)["CUDA_VISIBLE_DEVICES"] == "2,3"  # the user's, as it is
+    assert "CUDA_DEVICE_ORDER" not in environment(settings, single, inherited)
+    pinned = instances.plan(settings.model_copy(update={"comfyui_gpus": "auto"}), [2, 3])[0][1]
+    assert pinned.device == 3 and environment(settings, pinned, inherited)["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
 
 
 @pytest.fixture(scope="module")

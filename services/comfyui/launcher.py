@@ -84,6 +84,10 @@ def environment(settings: Settings, instance: Instance, inherited: dict[str, str
     env.update(packages.pip_environment(settings, inherited))
     # Where its sitecustomize records each custom node before importing it (services/common/nodes.py).
     env["COMFYUI_NODE_TRACE"] = str(instance.trace(paths))
+    if instance.device is not None:
+        # --cuda-device N becomes CUDA_VISIBLE_DEVICES=N, an index in CUDA's order, by default fastest
+        # first; the N we pass, and show on the overview, is NVML's, in PCI bus order. One order for both.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     if instance.output_prefix:
         # Read by the same sitecustomize: what it saves starts with this (services/common/instances.py).
         env["COMFYUI_OUTPUT_PREFIX"] = instance.output_prefix

@@ -16,6 +16,7 @@ class Gpu:
     utilization: int | None
     temperature: int | None
     capability: tuple[int, int] | None = None  # CUDA compute capability (major, minor)
+    uuid: str | None = None  # "GPU-8f2c...": what CUDA_VISIBLE_DEVICES may name instead of an index
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -27,6 +28,33 @@ class GpuReport:
     driver: str | None = None
     cuda: str | None = None
     error: str | None = None
+
+
+def cuda_visible(gpus: list[Gpu], mask: str | None) -> tuple[list[int], list[str]]:
+    """The NVML indexes of the GPUs CUDA_VISIBLE_DEVICES leaves to CUDA (all of them when it is unset),
+    and a note on an entry that names none.
+
+    Its entries are indexes or GPU UUIDs (a unique prefix will do). Like CUDA, the list is read up to its
+    first entry that names no GPU here: the GPUs after it are hidden too. Indexes are taken in NVML's
+    order, PCI bus order, which ComfyUI is made to use as well (CUDA_DEVICE_ORDER, services/comfyui)."""
+    if mask is None:
+        return [g.index for g in gpus], []
+    chosen: list[int] = []
+    for entry in (part.strip() for part in mask.split(",")):
+        named = [
+            g
+            for g in gpus
+            if (entry.isdigit() and g.index == int(entry))
+            or (entry.upper().startswith("GPU-") and (g.uuid or "").upper().startswith(entry.upper()))
+        ]
+        if not entry:
+            break
+        if len(named) != 1 or named[0].index in chosen:
+            seen = ", ".join(str(g.index) for g in gpus) or "none"
+            what = "names a GPU twice" if named and named[0].index in chosen else f"names no GPU here (GPUs {seen})"
+            return chosen, [f"CUDA_VISIBLE_DEVICES={mask}: {entry!r} {what}: it and what follows are hidden"]
+        chosen.append(named[0].index)
+    return chosen, []
 
 
 def probe() -> GpuReport:
@@ -53,6 +81,7 @@ def probe() -> GpuReport:
                         lambda h=handle: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)
                     ),
                     capability=_capability(handle),
+                    uuid=_optional(lambda h=handle: pynvml.nvmlDeviceGetUUID(h)),
                 )
             )
         return GpuReport(gpus=gpus, driver=driver, cuda=f"{cuda_raw // 1000}.{cuda_raw % 1000 // 10}")

@@ -74,6 +74,11 @@ class Settings(BaseModel):
         description="How many ComfyUIs, each on its own GPU and port (8188, 8189, ...): `1`; `auto`, one per"
         " visible GPU; a count (`2`); or the GPUs' indexes (`0,1,3`).",
     )
+    cuda_visible_devices: str | None = Field(
+        None,
+        description="Not ours, honoured: with `COMFYUI_GPUS`, only the GPUs it names (indexes or `GPU-` UUIDs)"
+        " get a ComfyUI; a single ComfyUI inherits it as it is.",
+    )
     comfyui_source_tokens: bool = Field(
         False,
         description="Give ComfyUI HF_TOKEN and CIVITAI_TOKEN in its environment (for custom nodes that download"

@@ -53,6 +53,7 @@ def without_control_plane(settings: Settings, inherited: dict[str, str]) -> dict
     ours = {env_name(field) for field in Settings.model_fields} | set(environment(settings))
     ours.discard("PYTHONUNBUFFERED")
     ours.discard("RUNPOD_POD_ID")  # RunPod's, read by the stack too, and no secret: nodes may use it
+    ours.discard("CUDA_VISIBLE_DEVICES")  # the user's choice of GPUs, read by the stack too: ComfyUI's first
     return {
         name: value
         for name, value in inherited.items()

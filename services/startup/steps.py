@@ -44,13 +44,15 @@ def prepare_run_dir(settings: Settings) -> list[str]:
 
 def plan_comfyuis(settings: Settings) -> list[str]:
     """How many ComfyUIs, on which GPUs (COMFYUI_GPUS), and supervisord's program for each."""
-    visible = None
+    visible, masked = None, []
     if settings.comfyui_gpus != "1":
-        visible = [g.index for g in gpu.probe().gpus]  # NVML's indexes: what --cuda-device takes
+        # NVML's indexes (what --cuda-device takes), less those CUDA_VISIBLE_DEVICES hides.
+        visible, masked = gpu.cuda_visible(gpu.probe().gpus, settings.cuda_visible_devices)
     try:
         found, notes = instances.plan(settings, visible)
     except ValueError as exc:
         raise StepError(str(exc)) from None
+    notes = masked + notes
     try:
         instances.write(settings, found)
     except OSError as exc:
