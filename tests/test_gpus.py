@@ -208,6 +208,21 @@ def test_one_output_folder_a_prefix_each(stack):
     wanted = {"comfyui-0_ComfyUI_00001_.png", "comfyui-1_ComfyUI_00001_.png"}
     wait_for(lambda: wanted <= {p.name for p in s.paths.output.iterdir()}, 30, what=f"{wanted} in output/")
     assert not (s.paths.output / "ComfyUI_00001_.png").exists()
+    # The overview's last prompts are those of both, each with its instance.
+    work = wait_for(
+        lambda: (
+            (w := requests.get(f"{dashboard(stack)}/api/status", headers=BEARER, timeout=10).json()["work"])
+            and {p["instance"] for p in w["recent"]} == {"comfyui-0", "comfyui-1"}
+            and w
+        ),
+        30,
+        what="both prompts among the last ones on /api/status",
+    )
+    assert [p["status"] for p in work["recent"]] == ["success", "success"]
+    page = requests.get(dashboard(stack) + "/", headers=BEARER, timeout=10).text
+    rows = page.split('data-testid="recent-prompt"')[1:]
+    assert len(rows) == 2 and {"comfyui-0", "comfyui-1"} == {r.split("<td>")[1].split("<")[0] for r in rows}
+    assert 'data-testid="interrupt"' not in page  # each one's buttons are on its own line
 
 
 def test_the_router_sends_each_prompt_to_the_shortest_queue(stack):

@@ -165,6 +165,28 @@ def work(settings: Settings, base: str | None = None) -> dict:
     }
 
 
+def work_each(settings: Settings) -> dict:
+    """`work` of every ComfyUI in one: each prompt names its `instance`, and the last ones finished are
+    the newest across all. Raises Unavailable when none answers."""
+
+    def ask(instance: Instance) -> dict | Unavailable:
+        try:
+            return work(settings, instance.url(settings))
+        except Unavailable as exc:
+            return exc
+
+    answers = ask_each(settings, ask)
+    answered = [(i, w) for i, w in answers if isinstance(w, dict)]
+    if not answered:
+        raise answers[0][1]
+    merged: dict[str, list[dict]] = {"running": [], "pending": [], "recent": []}
+    for instance, found in answered:
+        for key, items in merged.items():
+            items.extend({**item, "instance": instance.program} for item in found[key])
+    merged["recent"] = sorted(merged["recent"], key=lambda p: p["started"] or 0, reverse=True)[:RECENT]
+    return merged
+
+
 def recent_prompts(settings: Settings, count: int = RECENT) -> list[dict]:
     """The API-format prompts of the last `count` finished runs of each ComfyUI, newest first, one of
     each in turn. Raises Unavailable when none answers."""

@@ -297,9 +297,9 @@ def status(settings: Settings, client: redis.Redis) -> dict:
 
 
 def comfyui_work(settings: Settings) -> dict | None:
-    """ComfyUI's queue and last prompts; None while it does not answer (its card says so)."""
+    """The ComfyUIs' queues and last prompts; None while none answers (its card says so)."""
     try:
-        return comfyui_status.work(settings)
+        return comfyui_status.work_each(settings)
     except Unavailable:
         return None
 
