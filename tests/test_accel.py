@@ -54,3 +54,21 @@ def test_an_answer_is_kept_per_gpu_and_build_and_asked_again_when_they_change(se
     assert again["cuda"] is None and "could not run" in again["error"]
     # A probe that could not run is not kept: the next start asks again.
     assert list(json.loads(settings.paths.accelerators_cache.read_text())) == [wanted]
+
+
+def test_comfyuis_starting_together_probe_once_on_the_first_ones_gpu(settings, tmp_path):
+    """COMFYUI_GPUS starts every ComfyUI at once: one probe (seconds of torch import each), the rest wait."""
+    import concurrent.futures
+
+    settings.paths.config.mkdir(parents=True, exist_ok=True)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    runs = tmp_path / "runs"
+    fake = tmp_path / "python"  # stands for ComfyUI's interpreter: it counts its runs and answers PASSED
+    fake.write_text(f"#!/bin/sh\necho \"$CUDA_VISIBLE_DEVICES\" >> {runs}\nsleep 1\necho '{json.dumps(PASSED)}'\n")
+    fake.chmod(0o755)
+    four = settings.model_copy(update={"comfyui_python": fake})
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda device: accel.probe(four, H200, {"PATH": "/usr/bin:/bin"}, device), range(4)))
+    assert answers == [PASSED] * 4
+    ran = runs.read_text().split()
+    assert len(ran) == 1 and ran[0] in {"0", "1", "2", "3"}  # on the GPU of whichever came first

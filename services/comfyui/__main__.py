@@ -82,7 +82,7 @@ def main() -> int:
     if use_gpu:
         # triton and SageAttention, each with a real kernel launch; a flag only for what passed.
         try:
-            found = accel.probe(settings, report, env)
+            found = accel.probe(settings, report, env, instance.device)
         except OSError as exc:
             found = {"cuda": None, "error": f"the probe's answer could not be written: {exc}"}
         log.info("accelerators: %s", accel.summary(found))

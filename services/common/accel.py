@@ -14,6 +14,7 @@ build and installed versions: it runs again only when one of them changes.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -88,21 +89,28 @@ def run_probe(settings: Settings, env: dict[str, str]) -> dict:
         return {"cuda": None, "error": f"the probe exited {done.returncode}: {done.stderr.strip()[-300:]}"}
 
 
-def probe(settings: Settings, report, env: dict[str, str]) -> dict:
-    """The answer for this machine: kept on the volume, probed when nothing kept matches."""
+def probe(settings: Settings, report, env: dict[str, str], device: int | None = None) -> dict:
+    """The answer for this machine: kept on the volume, probed when nothing kept matches.
+
+    One ComfyUI per GPU (COMFYUI_GPUS) starts them all at once: under one lock the first probes, on its
+    own GPU, and the others find its answer kept (the key covers every GPU of the machine)."""
     wanted = key(settings, report)
-    cache = _cache(settings)
-    if wanted in cache:
-        found = cache[wanted]
-    else:
-        found = run_probe(settings, env)
-        if found.get("cuda"):  # a real answer from the GPU; a probe that could not run is tried again
-            cache[wanted] = found
-            try:
-                write_atomic(settings.paths.accelerators_cache, json.dumps(cache, indent=1) + "\n")
-            except OSError as exc:
-                log.warning("cannot keep the accelerator probe's answer: %s", exc)
-    write_atomic(settings.run_dir / "accelerators.json", json.dumps(found) + "\n")
+    with open(settings.run_dir / "accelerators.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # let go when the file closes, or when this process dies
+        cache = _cache(settings)
+        if wanted in cache:
+            found = cache[wanted]
+        else:
+            if device is not None:  # what ComfyUI's own --cuda-device does (CUDA_DEVICE_ORDER is set)
+                env = {**env, "CUDA_VISIBLE_DEVICES": str(device)}
+            found = run_probe(settings, env)
+            if found.get("cuda"):  # a real answer from the GPU; a probe that could not run is tried again
+                cache[wanted] = found
+                try:
+                    write_atomic(settings.paths.accelerators_cache, json.dumps(cache, indent=1) + "\n")
+                except OSError as exc:
+                    log.warning("cannot keep the accelerator probe's answer: %s", exc)
+        write_atomic(settings.run_dir / "accelerators.json", json.dumps(found) + "\n")
     return found
 
 
