@@ -14,7 +14,6 @@ build and installed versions: it runs again only when one of them changes.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -22,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 from services.common import packages
-from services.common.files import write_atomic
+from services.common.files import locked, write_atomic
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,8 +94,7 @@ def probe(settings: Settings, report, env: dict[str, str], device: int | None = 
     One ComfyUI per GPU (COMFYUI_GPUS) starts them all at once: under one lock the first probes, on its
     own GPU, and the others find its answer kept (the key covers every GPU of the machine)."""
     wanted = key(settings, report)
-    with open(settings.run_dir / "accelerators.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # let go when the file closes, or when this process dies
+    with locked(settings.run_dir / "accelerators.lock"):
         cache = _cache(settings)
         if wanted in cache:
             found = cache[wanted]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -59,6 +61,23 @@ def write_error(folder: Path) -> OSError | None:
         with contextlib.suppress(OSError):  # on a read-only volume even unlinking nothing fails
             probe.unlink()
     return None
+
+
+@contextlib.contextmanager
+def locked(path: Path, wait: bool = True, mode: int = 0o644) -> Iterator[bool]:
+    """Hold `path` as a lock file for the block: one holder at a time across processes and threads (each
+    call opens the file anew), let go when the block ends or its process dies. Without `wait`, the block
+    gets False at once when another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def fill(template: str, values: dict[str, str]) -> str:

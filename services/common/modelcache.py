@@ -11,7 +11,6 @@ copy was made from), rewritten atomically under a lock file: the dashboard pins 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -19,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.files import write_atomic
+from services.common.files import locked, write_atomic
 from services.common.paths import PART, check_folder, check_model_name
 from services.common.settings import Settings
 
@@ -75,8 +74,7 @@ def read(cache: Cache) -> State:
 def changing(cache: Cache) -> Iterator[State]:
     """The state, for a change written back atomically when the block ends (one writer at a time)."""
     cache.root.mkdir(parents=True, exist_ok=True)
-    with open(cache.root / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(cache.root / ".lock"):
         state = _read(cache)
         yield state
         body = {"pinned": sorted(set(state.pinned)), "used": state.used, "sources": state.sources}

@@ -11,10 +11,7 @@ the same moment would otherwise both see the same queue lengths and go to the sa
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import urllib.error
 import urllib.request
 
@@ -23,6 +20,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from services.common import comfyui
 from services.common.errors import BadInput, Problem, Unavailable
+from services.common.files import locked
 from services.common.instances import Instance
 from services.common.settings import Settings
 from services.common.workflows import formats
@@ -49,7 +47,7 @@ def prompt():
             " ComfyUI's menu saves one with Export (API)"
         )
     s = settings()
-    with _turn(s):
+    with locked(s.run_dir / "prompt-router.lock", mode=0o600):
         queues = comfyui.ask_each(s, lambda i: comfyui.queue_remaining(i.url(s)))
         answering = [(length, i.index, i) for i, length in queues if length is not None]
         if not answering:
@@ -78,16 +76,6 @@ def _body() -> tuple[bytes, dict]:
     if not isinstance(data, dict):
         raise BadInput('send a JSON object, as to ComfyUI\'s own /prompt: {"prompt": {...}, "client_id": "..."}')
     return raw, data
-
-
-@contextlib.contextmanager
-def _turn(s: Settings):
-    fd = os.open(s.run_dir / "prompt-router.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _send(s: Settings, instance: Instance, payload: bytes) -> tuple[int, dict]:

@@ -8,18 +8,16 @@ restart must neither log everyone out nor bring a revoked session back.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from services.common.credentials import SECRET_MODE
-from services.common.files import write_atomic
+from services.common.files import locked, write_atomic
 from services.common.settings import Settings
 
 LIFETIME = 7 * 86400  # seconds a session lasts (the cookie's lifetime too)
@@ -69,17 +67,13 @@ class Store:
     def _changing(self):
         """Read-modify-write under a lock file: gunicorn's workers may revoke at the same moment."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, SECRET_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked(self.path.with_name(self.path.name + ".lock"), mode=SECRET_MODE):
             self._seen = None
             data = json.loads(json.dumps(self._load()))
             yield data
             now = time.time()
             data["revoked"] = {k: v for k, v in data["revoked"].items() if isinstance(v, (int, float)) and v > now}
             write_atomic(self.path, json.dumps(data), SECRET_MODE)
-        finally:
-            os.close(fd)
 
     def revoke(self, sid: str) -> None:
         with self._changing() as data:

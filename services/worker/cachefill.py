@@ -5,7 +5,6 @@ never a file a process has open or mapped. Plain functions, no Celery."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -16,7 +15,7 @@ import redis
 
 from services.common import comfyui, modelcache
 from services.common.errors import Problem
-from services.common.files import fsync_dir
+from services.common.files import fsync_dir, locked
 from services.common.hashing import RedisHashCache
 from services.common.paths import PART
 from services.common.settings import Settings
@@ -123,10 +122,8 @@ def sync(settings: Settings, client: redis.Redis | None) -> dict[str, int]:
     if cache is None:
         return counts
     cache.root.mkdir(parents=True, exist_ok=True)
-    with open(cache.root / ".sync", "a") as guard:
-        try:
-            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with locked(cache.root / ".sync", wait=False) as mine:
+        if not mine:
             return counts
         recent = recently_used(settings)
         with modelcache.changing(cache) as state:
