@@ -165,46 +165,52 @@ def work(settings: Settings, base: str | None = None) -> dict:
     }
 
 
-def work_each(settings: Settings) -> dict:
-    """`work` of every ComfyUI in one: each prompt names its `instance`, and the last ones finished are
-    the newest across all. Raises Unavailable when none answers."""
+def _each_answering(settings: Settings, ask: Callable[[Instance], T]) -> list[tuple[Instance, T]]:
+    """`ask` of every ComfyUI at once, and the answers of those that gave one. Raises the first one's
+    Unavailable when none did."""
 
-    def ask(instance: Instance) -> dict | Unavailable:
+    def attempt(instance: Instance) -> T | Unavailable:
         try:
-            return work(settings, instance.url(settings))
+            return ask(instance)
         except Unavailable as exc:
             return exc
 
-    answers = ask_each(settings, ask)
-    answered = [(i, w) for i, w in answers if isinstance(w, dict)]
+    answers = ask_each(settings, attempt)
+    answered = [(i, a) for i, a in answers if not isinstance(a, Unavailable)]
     if not answered:
         raise answers[0][1]
+    return answered
+
+
+def work_each(settings: Settings) -> dict:
+    """`work` of every ComfyUI in one: each prompt names its `instance`, and the last ones finished are
+    the newest across all. Raises Unavailable when none answers."""
     merged: dict[str, list[dict]] = {"running": [], "pending": [], "recent": []}
-    for instance, found in answered:
+    for instance, found in _each_answering(settings, lambda i: work(settings, i.url(settings))):
         for key, items in merged.items():
             items.extend({**item, "instance": instance.program} for item in found[key])
     merged["recent"] = sorted(merged["recent"], key=lambda p: p["started"] or 0, reverse=True)[:RECENT]
     return merged
 
 
+def _prompts(history: dict) -> list[dict]:
+    """The API-format prompts of a `/history` answer, newest first."""
+    prompts = []
+    for entry in reversed(list(history.values())):
+        item = entry.get("prompt") if isinstance(entry, dict) else None
+        if isinstance(item, list) and len(item) > 2 and isinstance(item[2], dict):
+            prompts.append(item[2])
+    return prompts
+
+
 def recent_prompts(settings: Settings, count: int = RECENT) -> list[dict]:
     """The API-format prompts of the last `count` finished runs of each ComfyUI, newest first, one of
     each in turn. Raises Unavailable when none answers."""
-    each, failed = [], None
-    for instance in instances.current(settings):
-        try:
-            history = json.loads(_call(settings, "GET", f"/history?max_items={count}", base=instance.url(settings)))
-        except Unavailable as exc:
-            failed = exc
-            continue
-        prompts = []
-        for entry in reversed(list(history.values())):
-            item = entry.get("prompt") if isinstance(entry, dict) else None
-            if isinstance(item, list) and len(item) > 2 and isinstance(item[2], dict):
-                prompts.append(item[2])
-        each.append(prompts)
-    if not each and failed is not None:
-        raise failed
+
+    def ask(instance: Instance) -> list[dict]:
+        return _prompts(json.loads(_call(settings, "GET", f"/history?max_items={count}", base=instance.url(settings))))
+
+    each = [prompts for _, prompts in _each_answering(settings, ask)]
     return [p for turn in itertools.zip_longest(*each) for p in turn if p is not None]
 
 
