@@ -10,6 +10,8 @@ import threading
 import xmlrpc.client
 from pathlib import Path
 
+import requests
+
 from services.common import supervisor
 from services.common.settings import Settings, load_settings
 from tests.helpers.procs import REPO, STANDIN_DIR, VENV_PYTHON, free_port, short_dir, wait_for
@@ -80,6 +82,17 @@ class Stack:
     def output(self) -> str:
         return "\n".join(self.lines)
 
+    def log_tails(self, lines: int = 15) -> str:
+        """What a failed test prints of the stack: supervisord's output and the end of each service log."""
+        parts = ["--- entrypoint and supervisord", *self.lines[-lines * 2 :]]
+        try:
+            logs = sorted(self.settings.paths.logs.glob("*.log"))
+        except ValueError:  # a test of settings startup refuses: the output above says it all
+            logs = []
+        for log in logs:
+            parts += [f"--- {log.name}", *log.read_text(errors="replace").splitlines()[-lines:]]
+        return "\n".join(parts)
+
     def rpc(self, timeout: float = 60) -> xmlrpc.client.ServerProxy:
         # stopProcess answers only once the program is down: the worker's soft shutdown takes seconds.
         return supervisor.rpc(self.settings, timeout=timeout)
@@ -98,7 +111,18 @@ class Stack:
             states = self.states()
             return states if all(states.get(n, {}).get("statename") == "RUNNING" for n in names) else None
 
-        return wait_for(all_running, timeout, 0.2, what=f"{names} RUNNING\n{self.output()[-2000:]}")
+        states = wait_for(all_running, timeout, 0.2, what=f"{names} RUNNING\n{self.output()[-2000:]}")
+        if {"front-door", "dashboard"} <= set(names):
+            # RUNNING is supervisord's word after a second (startsecs); the dashboard's gunicorn, niced and
+            # on a loaded machine, can take seconds more to bind its socket.
+            wait_for(self._dashboard_answers, timeout, 0.2, what=f"the dashboard's /livez\n{self.output()[-2000:]}")
+        return states
+
+    def _dashboard_answers(self) -> bool:
+        try:
+            return requests.get(f"http://127.0.0.1:{self.env['DASHBOARD_PORT']}/livez", timeout=2).ok
+        except requests.RequestException:
+            return False
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
