@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -100,6 +101,28 @@ def test_a_hanging_dependency_times_out_instead_of_hanging_health(settings):
     assert sup.status == "fail" and "check timed out after 1 s" in sup.reason
     assert still_running
     assert {r.name: r for r in results}["gpu"].status == "ok"
+
+
+def test_a_check_that_never_returns_does_not_hold_the_cli(tmp_path):
+    """The CLI prints its report and exits while a check still hangs (Docker kills a HEALTHCHECK that
+    outlives its timeout, and then shows no report at all)."""
+    hang = (
+        "import sys, threading\n"
+        "from services.health import __main__ as health, checks\n"
+        "checks.CHECKS['hang'] = lambda settings: threading.Event().wait()\n"
+        "sys.exit(health.main(['check', '--only', 'hang', '--only', 'gpu']))\n"
+    )
+    run_dir = short_dir()
+    env = {"PATH": os.environ["PATH"], "WORKSPACE": str(tmp_path / "ws"), "RUN_DIR": str(run_dir)}
+    try:
+        # The subprocess timeout only catches a hang: the report comes after the check's own 8 s.
+        done = subprocess.run(
+            [str(VENV_PYTHON), "-c", hang], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    assert done.returncode == 2, done.stderr  # degraded: the hung check is no liveness check
+    assert "fail hang         check timed out after 8 s" in done.stdout and "Traceback" not in done.stderr
 
 
 def test_states_table():
@@ -246,6 +269,9 @@ def test_live_stack_health(live):
     wait_for(lambda: http(s.health_port, "/health")[0] == 503, 30, what="/health 503")
     code, out = cli(stack.env)
     assert code == 1 and "Redis does not answer" in out
+    # The worker check says why it cannot ask, at once: Celery alone retries a gone broker for seconds,
+    # long enough for Docker's HEALTHCHECK to kill the CLI with no output at all.
+    assert "worker       cannot reach the queue: Redis does not answer" in out
     stack.rpc().supervisor.startProcess("redis")
     wait_check(stack, "redis", "ok")
     # Back on the bus once Redis is: the overall state is published again.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -165,6 +166,12 @@ def check_redis(settings: Settings) -> Result:
 
 def check_worker(settings: Settings, timeout: float = timeouts.WORKER_PING) -> Result:
     """A real no-op task through the queue: a worker alive but not consuming fails here."""
+    try:
+        # Celery's publish retries a broker that is gone for seconds on end: ask Redis itself first, with the
+        # redis check's own bound (a slow shared Redis is slow here too, not "down").
+        bus.connect(settings, timeout=timeouts.REDIS_CALL).ping()
+    except (redis.RedisError, OSError):
+        return Result("worker", "fail", "cannot reach the queue: Redis does not answer")
     app = queue.client(settings)
     try:
         sent = time.time()
@@ -348,19 +355,23 @@ CHECKS: dict[str, Callable[[Settings], Result]] = {
 def run_checks(settings: Settings, names: list[str] | None = None, timeout: float = CHECK_TIMEOUT) -> list[Result]:
     """Every check in parallel, each bounded by `timeout`; a check that raises is a failure, not a crash."""
     names = names or list(CHECKS)
+    futures: dict[str, concurrent.futures.Future] = {}
+    for name in names:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        # Daemon threads, not an executor's: a hung check must hold neither the round nor the CLI's exit
+        # (an executor's threads are joined when the process ends, and Docker's HEALTHCHECK would then
+        # kill the CLI at its own timeout with no output at all).
+        threading.Thread(
+            target=lambda f=future, c=CHECKS[name]: f.set_result(_timed(c, settings)), name=f"check-{name}", daemon=True
+        ).start()
+        futures[name] = future
+    deadline = time.monotonic() + timeout
     results = []
-    # Not a `with` block: leaving one waits for every thread, and a hung check must not hang the round.
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="check")
-    try:
-        futures = {name: pool.submit(_timed, CHECKS[name], settings) for name in names}
-        deadline = time.monotonic() + timeout
-        for name, future in futures.items():
-            try:
-                results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
-            except concurrent.futures.TimeoutError:
-                results.append(Result(name, "fail", f"check timed out after {timeout:.0f} s", timeout * 1000))
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    for name, future in futures.items():
+        try:
+            results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+        except concurrent.futures.TimeoutError:
+            results.append(Result(name, "fail", f"check timed out after {timeout:.0f} s", timeout * 1000))
     return results
 
 
