@@ -87,6 +87,7 @@ def stack_factory(tmp_path: Path) -> Iterator:
         stacks.append(stack)
         return stack
 
+    make.stacks = stacks  # type: ignore[attr-defined]  # for the failure report below
     yield make
     for stack in stacks:
         stack.stop()
@@ -116,6 +117,6 @@ def pytest_runtest_makereport(item, call):
     report = yield
     if report.failed and call.when == "call":
         for value in getattr(item, "funcargs", {}).values():
-            if isinstance(value, Stack):
-                report.sections.append((f"stack logs ({value.workspace})", value.log_tails()))
+            for stack in [value] if isinstance(value, Stack) else getattr(value, "stacks", []):
+                report.sections.append((f"stack logs ({stack.workspace})", stack.log_tails()))
     return report

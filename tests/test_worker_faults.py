@@ -151,8 +151,12 @@ def test_after_a_redis_restart_the_worker_takes_new_jobs_while_a_download_runs(s
     print(f"Redis killed: a new job was done {took:.1f} s later, the first download still running (defaults)")
     # The same worker process: its consumer reconnected instead of shutting the worker down.
     assert stack.states()["worker"]["pid"] == worker
-    assert "Unrecoverable error" not in settings.paths.log_file("worker").read_text()
-    assert "left to the reconciler" in settings.paths.log_file("worker").read_text()
+    # Without broker.py's containment, kombu 5.7's fault ends here: "Unrecoverable error" and a worker shut
+    # down. Whether the fault comes up at all is a race (Redis back before the old channel restores its
+    # unacknowledged message: kombu restores it, and no fault); one CI run in many took that path.
+    log = settings.paths.log_file("worker").read_text()
+    assert "Unrecoverable error" not in log
+    print("kombu's restore fault contained" if "left to the reconciler" in log else "no restore fault this time")
     server.clear_faults()
     target = settings.paths.models / "checkpoints" / "long.bin"
     wait_for(lambda: target.exists(), 120, what="the first download finishing")
