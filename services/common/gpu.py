@@ -41,14 +41,14 @@ def cuda_visible(gpus: list[Gpu], mask: str | None) -> tuple[list[int], list[str
         return [g.index for g in gpus], []
     chosen: list[int] = []
     for entry in (part.strip() for part in mask.split(",")):
+        if not entry:
+            break
         named = [
             g
             for g in gpus
             if (entry.isdigit() and g.index == int(entry))
             or (entry.upper().startswith("GPU-") and (g.uuid or "").upper().startswith(entry.upper()))
         ]
-        if not entry:
-            break
         if len(named) != 1 or named[0].index in chosen:
             seen = ", ".join(str(g.index) for g in gpus) or "none"
             what = "names a GPU twice" if named and named[0].index in chosen else f"names no GPU here (GPUs {seen})"
