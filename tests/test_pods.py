@@ -118,8 +118,14 @@ def test_two_pods_sharing_a_password_protected_redis_run_each_job_once(tmp_path,
         queued = []
         for i, (name, body) in enumerate(files.items()):
             queued.append(submit(a if i % 2 else b, file_server.add(f"pods/{name}", body), name))
-        finished = wait_for(lambda: all((j := state(a, q.id)) and j.terminal for q in queued) and queued, 120)
-        assert finished
+
+        def unfinished() -> list[tuple[str, str | None]]:
+            return [(q.filename, j and j.state) for q in queued if not ((j := state(a, q.id)) and j.terminal)]
+
+        try:
+            wait_for(lambda: not unfinished(), 120)
+        except AssertionError:
+            raise AssertionError(f"not finished: {unfinished()}\n{a.log_tails()}\n{b.log_tails()}") from None
         final = [state(b, q.id) for q in queued]
         assert [j.state for j in final] == ["done"] * 20
         total = sum(len(body) for body in files.values())
