@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import time
 
@@ -94,9 +95,11 @@ def test_a_job_nobody_runs_says_it_is_waiting_for_a_worker(stack_factory, module
 
 
 def test_sigterm_stops_the_stack_inside_dockers_grace_and_the_download_resumes(stack_factory, module_file_server):
-    """What `docker stop` does: SIGTERM to PID 1 with a download running. Every process is gone well
-    inside Docker's default 10 s grace, and the next start (Redis empty, as after any restart) rebuilds
-    the job from its manifest and finishes it."""
+    """What `docker stop` does: SIGTERM to PID 1 with a download running. Every program ends on its own
+    stop signal (none waits out its stopwaitsecs to be killed: the download is stalled for a minute, so
+    a worker waiting for it would be), and the next start (Redis empty, as after any restart) rebuilds
+    the job from its manifest and finishes it. How long the stop takes is a figure (bench/faults.py
+    measures it against Docker's 10 s grace), never an assertion: these CPUs are shared."""
     import psutil
 
     server = module_file_server
@@ -107,11 +110,14 @@ def test_sigterm_stops_the_stack_inside_dockers_grace_and_the_download_resumes(s
     begin = time.monotonic()
     first.proc.send_signal(signal.SIGTERM)
     first.proc.wait(30)
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in tree), 10)
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in tree), 30)
     stopped = time.monotonic() - begin
     print(f"SIGTERM to every process gone: {stopped:.1f} s (download running)")
     assert first.proc.returncode == 0
-    assert stopped < 10  # Docker's default grace; the figure above is what the README reports
+    log = first.settings.paths.log_file("supervisord").read_text()
+    stops = re.findall(r"stopped: (\S+) \((.+)\)", log)
+    assert {name for name, _ in stops} >= {"comfyui", "redis", "front-door", "dashboard", "worker", "health"}, log
+    assert "SIGKILL" not in log, log  # supervisord's kill at the end of a program's stopwaitsecs
     server.clear_faults()
 
     # The next start: the same workspace, a new (empty) Redis: the manifest on the volume is the record.

@@ -154,13 +154,22 @@ def check_supervisor(settings: Settings) -> Result:
     return Result("supervisor", "ok", f"{len(wanted)} programs running", data=data)
 
 
-def check_redis(settings: Settings) -> Result:
-    begin = time.perf_counter()
+def check_redis(settings: Settings, samples: int = 3) -> Result:
+    """The quickest of a few PINGs after one that connects: a single sample on busy CPUs measures the
+    scheduler (the other checks share this process), while a Redis that is really slow is slow each time."""
+    client = bus.connect(settings, timeout=timeouts.REDIS_CALL)
+    times = []
     try:
-        bus.connect(settings, timeout=timeouts.REDIS_CALL).ping()
+        client.ping()
+        for _ in range(samples):
+            begin = time.perf_counter()
+            client.ping()
+            times.append(time.perf_counter() - begin)
     except (redis.RedisError, OSError) as exc:
         return Result("redis", "fail", f"Redis does not answer: {exc}")
-    ms = (time.perf_counter() - begin) * 1000
+    finally:
+        client.close()
+    ms = min(times) * 1000
     return Result("redis", "ok" if ms < 100 else "warn", f"answers in {ms:.1f} ms", data={"latency_ms": ms})
 
 
