@@ -148,7 +148,10 @@ def test_two_pods_sharing_a_password_protected_redis_run_each_job_once(tmp_path,
                 os.kill(proc.pid, signal.SIGKILL)
         victim.proc.wait(10)
         file_server.clear_faults()
-        done = wait_for(lambda: (j := state(survivor, job.id)) and j.state == "done" and j, 120)
+        try:
+            done = wait_for(lambda: (j := state(survivor, job.id)) and j.state == "done" and j, 120)
+        except AssertionError:
+            raise AssertionError(f"not done: {state(survivor, job.id)}\n{survivor.log_tails()}") from None
         assert done.pod == survivor.settings.pod_name
         assert (workspace / "models" / "checkpoints" / "big.bin").read_bytes() == big
     finally:
