@@ -173,6 +173,47 @@ def test_a3_duplicate_delivery_while_the_first_runs_is_a_no_op(stack, server, cl
     assert (stack.settings.paths.models / "checkpoints" / "a3.bin").read_bytes() == data
 
 
+def test_a8_a_task_lost_with_the_worker_that_took_it_is_sent_again(stack, server, client):
+    """A worker killed between Redis handing it a task and Celery recording the delivery, or a pod gone with
+    a task it had taken and not started: on kombu's Redis transport the message is lost and the job would
+    stay queued for good. The reconciler sends it again once no queue and no live worker has it; a job whose
+    task waits in the queue, or that another pod's worker holds, is left alone."""
+    settings, rpc = stack.settings, stack.rpc()
+    rpc.supervisor.stopProcess("worker")
+    lost_data, kept_data = blob(MIB, 21), blob(MIB, 22)
+    lost = submit(stack, client, server.add("a7-lost.bin", lost_data), filename="a7-lost.bin")
+    kept = submit(stack, client, server.add("a7-kept.bin", kept_data), filename="a7-kept.bin")
+    assert {lost.id, kept.id} <= queue.waiting_downloads(client)
+    # The lost job's message taken off the queue, as by a worker that dies at that moment.
+    raw = next(m for m in client.lrange(queue.QUEUE, 0, -1) if lost.id in json.loads(m)["headers"]["argsrepr"])
+    assert client.lrem(queue.QUEUE, 1, raw) == 1
+    assert lost.id not in queue.waiting_downloads(client)
+
+    # Another pod's worker holds it (its snapshot kept fresh): nobody sends it again meanwhile.
+    jobs.publish_held(client, "pod-elsewhere", {lost.id})
+    rpc.supervisor.startProcess("worker")
+    assert wait_state(client, kept.id, messages.TERMINAL).state == "done"
+    log = settings.paths.log_file("worker")
+    own = messages.download_held_key(settings.pod_name)
+    wait_for(lambda: own in jobs.held(client), 10, what="the worker's own snapshot")
+    until = time.monotonic() + settings.downloads_heartbeat_stale + 6  # quiet long enough, a few passes
+    while time.monotonic() < until:
+        jobs.publish_held(client, "pod-elsewhere", {lost.id})
+        assert jobs.get(client, lost.id).state == "queued"
+        time.sleep(0.5)
+    assert f"sent job {lost.id} again" not in log.read_text()
+
+    # That pod goes away: its snapshot expires and the job is sent again, once, and done.
+    gone_at = time.monotonic() + jobs.HELD_TTL
+    done = wait_state(client, lost.id, messages.TERMINAL, timeout=60)
+    print(f"A8 a lost task: done {time.monotonic() - gone_at:.1f} s after the pod holding it was gone (stale 6 s)")
+    assert done.state == "done" and done.attempts == 1, done.error
+    assert (settings.paths.models / "checkpoints" / "a7-lost.bin").read_bytes() == lost_data
+    text = log.read_text()
+    assert text.count(f"sent job {lost.id} again: its task was lost (in no queue, held by no worker)") == 1
+    assert f"sent job {kept.id} again" not in text
+
+
 def test_a6_cancel_running_and_queued(stack, server, client):
     folder = stack.settings.paths.models / "checkpoints"
     busy = [stalled_file(server, f"busy{i}.bin", 3 * MIB, MIB, seed=10 + i, seconds=20) for i in range(2)]
@@ -237,6 +278,9 @@ def test_a4_stopping_the_worker_requeues_and_resumes(stack, server, client):
     job = submit(stack, client, url, filename="a4.bin")
     task_pid(stack, "checkpoints", "a4.bin")
     wait_for(lambda: (j := jobs.get(client, job.id)) and j.bytes_done >= MIB, 20)
+    # The worker says it holds the running job (the reconciler's way to tell a held task from a lost one).
+    own = messages.download_held_key(stack.settings.pod_name)
+    wait_for(lambda: job.id in jobs.held(client).get(own, (0, set()))[1], 10, what="the job in the held snapshot")
     begin = time.monotonic()
     stack.rpc().supervisor.stopProcess("worker")
     stop_seconds = time.monotonic() - begin

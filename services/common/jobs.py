@@ -6,6 +6,7 @@ storing it are one step, so the dashboard's snapshot and the worker's state cann
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -89,6 +90,30 @@ def all_seen(client: redis.Redis) -> list[DownloadJob]:
     """Every job, newest first, as a person should see it."""
     now = time.time()
     return [as_seen(job, now) for job in all_jobs(client)]
+
+
+# A worker republishes the jobs it holds this often; a snapshot outlives a few missed turns, not a dead pod.
+HELD_EVERY = 2.0
+HELD_TTL = 10
+
+
+def publish_held(client: redis.Redis, pod: str, job_ids: set[str]) -> None:
+    """What one pod's worker holds right now (received, waiting for a pool slot or a countdown, or running)."""
+    payload = json.dumps({"at": time.time(), "jobs": sorted(job_ids)})
+    client.set(messages.download_held_key(pod), payload, ex=HELD_TTL)
+
+
+def held(client: redis.Redis) -> dict[str, tuple[float, set[str]]]:
+    """Every live pod's last snapshot: the key's name -> (when it was published, the job ids)."""
+    keys = sorted(client.scan_iter(match=messages.DOWNLOAD_HELD_PATTERN, count=100))
+    found = {}
+    for key, raw in zip(keys, client.mget(keys) if keys else [], strict=True):
+        try:
+            value = json.loads(raw)
+            found[key] = (float(value["at"]), {str(i) for i in value["jobs"]})
+        except (TypeError, ValueError, KeyError):
+            continue  # expired between the scan and the read, or not ours
+    return found
 
 
 def dedupe_name(job: DownloadJob) -> str:

@@ -42,6 +42,15 @@ def download_cancel_key(job_id: str) -> str:
     return f"downloads:cancel:{job_id}"
 
 
+def download_held_key(pod: str) -> str:
+    """The download jobs one pod's worker holds (taken from the queue, not finished), republished every few
+    seconds with an expiry: a pod that went away holds nothing once it expires."""
+    return f"downloads:held:{pod}"
+
+
+DOWNLOAD_HELD_PATTERN = "downloads:held:*"
+
+
 def login_failures_key(address: str) -> str:
     """Failed logins from one client address in the current window (counted across gunicorn workers)."""
     return f"login:failures:{address}"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Callable
 
+import redis
 from celery import Celery
 
 from services.common import broker, messages
@@ -49,6 +53,25 @@ def client(settings: Settings, set_as_current: bool = False) -> Celery:
     app = Celery("comfyui-docker", set_as_current=set_as_current)
     app.conf.update(celery_config(settings))
     return app
+
+
+def waiting_downloads(client: redis.Redis) -> set[str]:
+    """The job ids of download tasks still waiting in the broker's queue (sent, taken by no worker yet).
+
+    On kombu's Redis transport the queue is a list of JSON envelopes; Celery's message protocol 2 names the
+    task in the headers and carries `[args, kwargs, embed]` as base64 JSON in the body. A message this
+    cannot read is skipped: the reconciler then at worst sends its job a second time, which is a no-op."""
+    found = set()
+    for raw in client.lrange(QUEUE, 0, -1):
+        try:
+            envelope = json.loads(raw)
+            if envelope["headers"]["task"] != messages.TASK_DOWNLOAD:
+                continue
+            args = json.loads(base64.b64decode(envelope["body"]))[0]
+            found.add(str(args[0]))
+        except (TypeError, ValueError, KeyError, IndexError, binascii.Error):
+            continue
+    return found
 
 
 def download_sender(settings: Settings) -> Callable[[str], None]:

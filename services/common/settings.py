@@ -208,7 +208,10 @@ class Settings(BaseModel):
         5, ge=1, le=100, description="Deliveries of one job (crashes included) before it is marked failed."
     )
     downloads_heartbeat_stale: float = Field(
-        90.0, ge=5, description="A running job silent this long (s) is re-queued by the reconciler."
+        90.0,
+        ge=5,
+        description="A running job silent this long (s), or a queued one whose task no queue or worker has, "
+        "is re-queued by the reconciler.",
     )
     downloads_reconcile_interval: float = Field(60.0, ge=1, description="Seconds between two reconciler runs.")
     downloads_stale_part_hours: float = Field(

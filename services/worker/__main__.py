@@ -9,7 +9,7 @@ import threading
 import kombu.exceptions
 import redis
 
-from services.common import messages, service
+from services.common import bus, jobs, messages, service, timeouts
 from services.common.queue import client as celery_client
 from services.common.settings import Settings
 from services.worker.app import create_celery
@@ -30,6 +30,28 @@ def periodic(settings: Settings, task: str, interval: float, stop: threading.Eve
             delay = 5.0
 
 
+def held_downloads() -> set[str]:
+    """The download jobs this worker has taken from the queue and not finished: waiting for a pool slot,
+    for a countdown, or running (Celery's own bookkeeping in the main process)."""
+    from celery.worker import state
+
+    # list() copies in one step under the GIL: the consumer thread adds and removes requests meanwhile.
+    return {str(r.args[0]) for r in list(state.requests.values()) if r.name == messages.TASK_DOWNLOAD and r.args}
+
+
+def report_held(settings: Settings, stop: threading.Event) -> None:
+    """Publish what this worker holds until it stops: the reconciler's way to tell a job whose task a worker
+    holds from one whose task was lost with a worker that died (see services/worker/reconcile.py)."""
+    client = bus.connect(settings, timeout=timeouts.REDIS_WORKER)
+    while True:
+        try:
+            jobs.publish_held(client, settings.pod_name, held_downloads())
+        except redis.RedisError as exc:
+            log.debug("cannot publish the jobs this worker holds: %s", exc)
+        if stop.wait(jobs.HELD_EVERY):
+            return
+
+
 def main() -> int:
     service.arguments("services.worker", __doc__)
     settings = service.start("worker")
@@ -40,6 +62,7 @@ def main() -> int:
         timers.append((messages.TASK_CACHE_SYNC, settings.model_cache_interval))
     for task, interval in timers:
         threading.Thread(target=periodic, args=(settings, task, interval, stop), name=task, daemon=True).start()
+    threading.Thread(target=report_held, args=(settings, stop), name="held", daemon=True).start()
     try:
         app.worker_main(
             [

@@ -1,7 +1,11 @@
 """The reconciler: the volume and Redis brought back in agreement, at worker start and on a timer.
 
 Redis may lose everything (it persists nothing); the `.part` manifests on the volume are the record of
-what was in flight. A job whose worker died is re-queued once its heartbeat is stale.
+what was in flight. A job whose worker died is re-queued once its heartbeat is stale. A queued job whose
+task message is nowhere (in no queue, held by no live worker) is sent again: on kombu's Redis transport a
+message popped by a worker that dies before it records the delivery is gone (a pod killed, a connection
+Redis hands it to while it is being torn down), and one a dead worker had received would come back only
+after the visibility timeout, 12 h later.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from services.common import history, jobs, messages
+from services.common import history, jobs, messages, queue
 from services.common.messages import DownloadJob
 from services.common.paths import ALL_FOLDERS, MANIFEST, WorkFiles
 from services.common.settings import Settings
@@ -31,7 +35,7 @@ def run(settings: Settings, client: redis.Redis, send: Callable[[str], None]) ->
     if not client.set(messages.reconcile_lock_key(), "1", nx=True, ex=PASS_LOCK_SECONDS):
         return {}
     try:
-        counts = {"rebuilt": 0, "requeued": 0, "cleaned": 0, "pruned": 0, "restored": 0}
+        counts = {"rebuilt": 0, "requeued": 0, "resent": 0, "cleaned": 0, "pruned": 0, "restored": 0}
         now = time.time()
         counts["restored"] = _restore_history(settings, client, now)
         for manifest_path in _manifests(settings):
@@ -58,11 +62,49 @@ def run(settings: Settings, client: redis.Redis, send: Callable[[str], None]) ->
                 send(job.id)
                 counts["requeued"] += 1
                 log.info("re-queued job %s: its worker went silent", job.id)
+        counts["resent"] = _resend_lost(settings, client, send, now)
         counts["pruned"] = jobs.prune_history(settings, client)
         history.rewrite(settings.paths.download_history, [j for j in jobs.all_jobs(client) if j.terminal])
         return counts
     finally:
         client.delete(messages.reconcile_lock_key())
+
+
+def _resend_lost(settings: Settings, client: redis.Redis, send: Callable[[str], None], now: float) -> int:
+    """Send again each queued job, quiet for a while, whose task is neither waiting in the broker's queue nor
+    held by a live worker. A duplicate is harmless (a delivery of a running or finished job is a no-op), so
+    where in doubt (a pod slow to republish, clocks apart) it may send one too many, never one too few."""
+    wait = settings.downloads_heartbeat_stale
+    quiet = [j for j in jobs.all_jobs(client) if j.state == "queued" and now - j.updated > wait]
+    if not quiet:
+        return 0
+    listed_at = time.time()
+    missing = {j.id for j in quiet} - queue.waiting_downloads(client)
+    if not missing:
+        return 0
+    # A task popped after the listing shows up in its worker's next snapshot: wait for one newer than it.
+    missing -= _held_after(client, listed_at)
+    resent = 0
+    for job in quiet:
+        current = jobs.get(client, job.id) if job.id in missing else None
+        if current is None or current.state != "queued" or current.updated != job.updated:
+            continue  # taken meanwhile
+        jobs.save(client, current)  # a fresh `updated`: the next look waits its turn again
+        send(current.id)
+        resent += 1
+        log.info("sent job %s again: its task was lost (in no queue, held by no worker)", job.id)
+    return resent
+
+
+def _held_after(client: redis.Redis, since: float) -> set[str]:
+    """The jobs live workers hold, each from a snapshot published after `since` where one comes in time; a
+    pod that does not republish in time counts with its last one (it may hold them still)."""
+    deadline = time.monotonic() + 2 * jobs.HELD_EVERY + 1
+    while True:
+        snapshots = jobs.held(client)
+        if all(at > since for at, _ in snapshots.values()) or time.monotonic() > deadline:
+            return set().union(*(ids for _, ids in snapshots.values()))
+        time.sleep(0.2)
 
 
 def _restore_history(settings: Settings, client: redis.Redis, now: float) -> int:
