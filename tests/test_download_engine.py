@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from services.common.messages import DownloadSpec
 from services.common.settings import Settings
 from services.worker import download
+from services.worker.download.lock import live_holder
 from services.worker.http import DownloadError
 from tests.helpers.mounts import fill, tmpfs
 from tests.helpers.procs import short_dir, wait_for
@@ -340,6 +341,33 @@ def test_two_writers_never_share_a_destination(s, file_server):
         download.fetch("cd" * 8, spec, download.Context(slow))
     first.join(20)
     assert folder_files(s) == ["f.bin"]
+
+
+def test_the_lock_stays_held_through_a_retry_s_wait(s, file_server):
+    """Between two tries of one delivery the destination is still being written: a second delivery of the
+    job arriving then (a redelivery, the reconciler's resend) must find it taken, not start its own run."""
+    data = blob(1 * MIB)
+    file_server.add("f.bin", data)
+    file_server.fault("f.bin", reset_after=300_000, times=1)
+    waiting = s.model_copy(update={"downloads_backoff": 3.0})
+    retrying = threading.Event()
+    result: list[download.Outcome] = []
+
+    def first() -> None:
+        spec = DownloadSpec(url=file_server.url("f.bin"), folder="checkpoints")
+        on_progress = lambda p: p.state == "retrying" and retrying.set()  # noqa: E731
+        result.append(download.fetch("ab" * 8, spec, download.Context(waiting, on_progress=on_progress)))
+
+    thread = threading.Thread(target=first, daemon=True)
+    thread.start()
+    assert retrying.wait(20)
+    lock = s.paths.models / "checkpoints" / "f.bin.lock"
+    assert live_holder(lock, waiting.downloads_heartbeat_stale).endswith(":" + "ab" * 8)
+    with pytest.raises(download.Busy, match="is being downloaded by"):
+        download.fetch("ab" * 8, DownloadSpec(url=file_server.url("f.bin"), folder="checkpoints"), download.Context(s))
+    thread.join(30)
+    assert result and result[0].path.read_bytes() == data and result[0].resumed_from > 0
+    assert not lock.exists() and folder_files(s) == ["f.bin"]
 
 
 def _killable_fetch(settings_json: str, url: str) -> None:

@@ -149,9 +149,10 @@ def plan_segments(total: int, largest: int, connections: int) -> list[Segment]:
 
 
 class Attempt:
-    """One try at one download; `run` releases the lock and the `.part` (kept or discarded) in one place."""
+    """One try at one download; `run` releases the `.part` (kept or discarded) and the lock in one place, but
+    for a transient error: then `fetch` keeps the lock for the next try."""
 
-    def __init__(self, job_id: str, spec: DownloadSpec, ctx: Context, http: Http) -> None:
+    def __init__(self, job_id: str, spec: DownloadSpec, ctx: Context, http: Http, held: Lock | None = None) -> None:
         self.job_id, self.spec, self.ctx, self.http = job_id, spec, ctx, http
         settings = ctx.settings
         self.plan = sources.plan(spec.url, settings, http)
@@ -163,7 +164,15 @@ class Attempt:
         self.target = target_path(settings.paths, spec.folder, filename)
         self.name = check_model_name(filename)  # its name in the folder, subfolders included
         self.work = WorkFiles(self.target)
-        self.lock = Lock(self.work.lock, f"{ctx.owner}:{job_id}", settings.downloads_heartbeat_stale)
+        if held is not None and held.held and held.path == self.work.lock and held.holder() == held.owner:
+            self.lock = held  # kept through the last try's wait (see fetch)
+        else:
+            if held is not None:
+                # The server now names another file (not ours to keep), or the lock was taken over while
+                # this try probed: acquire below says whether its taker is alive.
+                held.release()
+            self.lock = Lock(self.work.lock, f"{ctx.owner}:{job_id}", settings.downloads_heartbeat_stale)
+        self.transient = False  # the try ended on an error worth another: `fetch` keeps the lock for it
         self.manifest: Manifest | None = None
         self.transfer: transfer.Transfer | None = None
         self.fd: int | None = None
@@ -188,14 +197,18 @@ class Attempt:
 
     def run(self) -> Outcome:
         self.ctx.on_resolved(self.name, self.probe.total)
-        self.lock.acquire()
+        if not self.lock.held:
+            self.lock.acquire()
         try:
             return self._run()
+        except TransientError:
+            self.transient = True
+            raise
         except (Cancelled, DownloadError):
             self.discard = True
             raise
         except transfer.RangeLost:
-            self.discard = True
+            self.discard, self.transient = True, True
             raise TransientError("the server stopped honouring ranges (content changed?): starting over") from None
         except OSError as exc:
             self.discard = True
@@ -217,7 +230,8 @@ class Attempt:
             os.close(self.fd)
         if self.discard:
             self.work.remove_partial()
-        self.lock.release()
+        if not self.transient:
+            self.lock.release()
 
     def _run(self) -> Outcome:
         if self.target.exists():
@@ -321,19 +335,32 @@ def fetch(job_id: str, spec: DownloadSpec, ctx: Context) -> Outcome:
     http = Http(settings.downloads_allow_private_hosts, settings.downloads_read_timeout, settings.downloads_connections)
     delay = settings.downloads_backoff
     attempt = 0
-    while True:
-        try:
-            return Attempt(job_id, spec, ctx, http).run()
-        except TransientError as exc:
-            attempt += 1
-            if attempt > settings.downloads_retries:
-                raise DownloadError(f"gave up after {attempt} tries: {exc}") from None
-            retries = settings.downloads_retries
-            log.warning("job %s: %s; retry %d/%d in %.1f s", job_id, exc, attempt, retries, delay)
-            ctx.on_progress(Progress(0, None, 0.0, None, state="retrying"))
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline:
-                if ctx.cancelled():
-                    raise Cancelled() from None
-                time.sleep(min(CANCEL_POLL, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, BACKOFF_CAP) if delay else 0.0
+    # The destination's lock stays ours through a retry's wait: released there, a second delivery of the
+    # job (a redelivery, the reconciler's resend) would find nobody writing and start its own run.
+    held: Lock | None = None
+    try:
+        while True:
+            current = None
+            try:
+                current = Attempt(job_id, spec, ctx, http, held)
+                return current.run()
+            except TransientError as exc:
+                if current is not None:
+                    held = current.lock if current.lock.held else None
+                attempt += 1
+                if attempt > settings.downloads_retries:
+                    raise DownloadError(f"gave up after {attempt} tries: {exc}") from None
+                retries = settings.downloads_retries
+                log.warning("job %s: %s; retry %d/%d in %.1f s", job_id, exc, attempt, retries, delay)
+                ctx.on_progress(Progress(0, None, 0.0, None, state="retrying"))
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline:
+                    if ctx.cancelled():
+                        raise Cancelled() from None
+                    if held is not None:
+                        held.touch()  # a wait of up to BACKOFF_CAP must not look like a dead writer
+                    time.sleep(min(CANCEL_POLL, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 2, BACKOFF_CAP) if delay else 0.0
+    finally:
+        if held is not None:
+            held.release()  # a no-op when the last try released it (its lock is this one)
