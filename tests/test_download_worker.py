@@ -198,13 +198,14 @@ def test_a8_a_task_lost_with_the_worker_that_took_it_is_sent_again(stack, server
     wait_for(lambda: own in jobs.held(client), 10, what="the worker's own snapshot")
     until = time.monotonic() + settings.downloads_heartbeat_stale + 6  # quiet long enough, a few passes
     while time.monotonic() < until:
+        published = time.monotonic()
         jobs.publish_held(client, "pod-elsewhere", {lost.id})
         assert jobs.get(client, lost.id).state == "queued"
         time.sleep(0.5)
     assert f"sent job {lost.id} again" not in log.read_text()
 
     # That pod goes away: its snapshot expires and the job is sent again, once, and done.
-    gone_at = time.monotonic() + jobs.HELD_TTL
+    gone_at = published + jobs.HELD_TTL
     done = wait_state(client, lost.id, messages.TERMINAL, timeout=60)
     print(f"A8 a lost task: done {time.monotonic() - gone_at:.1f} s after the pod holding it was gone (stale 6 s)")
     assert done.state == "done" and done.attempts == 1, done.error
