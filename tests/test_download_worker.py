@@ -181,8 +181,8 @@ def test_a8_a_task_lost_with_the_worker_that_took_it_is_sent_again(stack, server
     settings, rpc = stack.settings, stack.rpc()
     rpc.supervisor.stopProcess("worker")
     lost_data, kept_data = blob(MIB, 21), blob(MIB, 22)
-    lost = submit(stack, client, server.add("a7-lost.bin", lost_data), filename="a7-lost.bin")
-    kept = submit(stack, client, server.add("a7-kept.bin", kept_data), filename="a7-kept.bin")
+    lost = submit(stack, client, server.add("a8-lost.bin", lost_data), filename="a8-lost.bin")
+    kept = submit(stack, client, server.add("a8-kept.bin", kept_data), filename="a8-kept.bin")
     assert {lost.id, kept.id} <= queue.waiting_downloads(client)
     # The lost job's message taken off the queue, as by a worker that dies at that moment.
     raw = next(m for m in client.lrange(queue.QUEUE, 0, -1) if lost.id in json.loads(m)["headers"]["argsrepr"])
@@ -209,7 +209,7 @@ def test_a8_a_task_lost_with_the_worker_that_took_it_is_sent_again(stack, server
     done = wait_state(client, lost.id, messages.TERMINAL, timeout=60)
     print(f"A8 a lost task: done {time.monotonic() - gone_at:.1f} s after the pod holding it was gone (stale 6 s)")
     assert done.state == "done" and done.attempts == 1, done.error
-    assert (settings.paths.models / "checkpoints" / "a7-lost.bin").read_bytes() == lost_data
+    assert (settings.paths.models / "checkpoints" / "a8-lost.bin").read_bytes() == lost_data
     text = log.read_text()
     assert text.count(f"sent job {lost.id} again: its task was lost (in no queue, held by no worker)") == 1
     assert f"sent job {kept.id} again" not in text

@@ -55,14 +55,15 @@ def run(settings: Settings, client: redis.Redis, send: Callable[[str], None]) ->
                 counts["cleaned"] += _clean_if_old(settings, work, now)
             elif job.state == "done" and work.target.exists():
                 counts["cleaned"] += work.remove_partial()  # the crash came after the rename
-        for job in jobs.all_jobs(client):
+        known = jobs.all_jobs(client)
+        for job in known:
             if job.state in ("running", "verifying") and _stale(settings, job, now):
                 job.state, job.error = "queued", None
                 jobs.save(client, job)
                 send(job.id)
                 counts["requeued"] += 1
                 log.info("re-queued job %s: its worker went silent", job.id)
-        counts["resent"] = _resend_lost(settings, client, send, now)
+        counts["resent"] = _resend_lost(settings, client, send, known, now)
         counts["pruned"] = jobs.prune_history(settings, client)
         history.rewrite(settings.paths.download_history, [j for j in jobs.all_jobs(client) if j.terminal])
         return counts
@@ -70,12 +71,15 @@ def run(settings: Settings, client: redis.Redis, send: Callable[[str], None]) ->
         client.delete(messages.reconcile_lock_key())
 
 
-def _resend_lost(settings: Settings, client: redis.Redis, send: Callable[[str], None], now: float) -> int:
+def _resend_lost(
+    settings: Settings, client: redis.Redis, send: Callable[[str], None], known: list[DownloadJob], now: float
+) -> int:
     """Send again each queued job, quiet for a while, whose task is neither waiting in the broker's queue nor
     held by a live worker. A duplicate is harmless (a delivery of a running or finished job is a no-op), so
-    where in doubt (a pod slow to republish, clocks apart) it may send one too many, never one too few."""
+    where in doubt (a pod slow to republish, clocks apart) it may send one too many, never one too few.
+    `known`: the pass's jobs, those it has just re-queued included (with a fresh `updated`, so not quiet)."""
     wait = settings.downloads_heartbeat_stale
-    quiet = [j for j in jobs.all_jobs(client) if j.state == "queued" and now - j.updated > wait]
+    quiet = [j for j in known if j.state == "queued" and now - j.updated > wait]
     if not quiet:
         return 0
     listed_at = time.time()
