@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
+import subprocess
+import sys
 import time
 
 from services.common import jobs
 from services.common.messages import DownloadJob, DownloadSpec
 from services.worker import download, reconcile
+from services.worker.download.lock import Lock
+from tests.helpers.procs import REPO
 
 
 def manifest(settings, job_id: str, name: str, folder: str = "checkpoints") -> None:
@@ -54,11 +55,14 @@ def test_requeues_a_silent_running_job_unless_its_writer_lives(settings, redis_c
     )
     for job in (dead, alive):
         jobs.create(redis_client, job)
-    lock = settings.paths.models / "vae" / "y.bin.lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text(json.dumps({"owner": f"me:{alive.id}", "host": socket.gethostname(), "pid": os.getpid()}))
-    sent: list[str] = []
-    assert reconcile.run(settings, redis_client, sent.append)["requeued"] == 1
+    (settings.paths.models / "vae").mkdir(parents=True)
+    lock = Lock(settings.paths.models / "vae" / "y.bin.lock", f"me:{alive.id}", settings.downloads_heartbeat_stale)
+    lock.acquire()  # a writer that lives: this process, holding the lock
+    try:
+        sent: list[str] = []
+        assert reconcile.run(settings, redis_client, sent.append)["requeued"] == 1
+    finally:
+        lock.release()
     assert sent == [dead.id] and jobs.get(redis_client, dead.id).state == "queued"
     assert jobs.get(redis_client, alive.id).state == "running"
 
@@ -120,10 +124,6 @@ def test_history_is_bounded(settings, redis_client):
 def test_a_job_whose_writer_died_on_this_host_is_requeued_at_once(settings, redis_client):
     """A killed worker restarted by supervisord: its job's heartbeat is fresh, but the lock names a dead
     process of this host, so nobody will ever touch it again. Waiting for the heartbeat is not needed."""
-    import subprocess
-
-    gone = subprocess.Popen(["true"])
-    gone.wait()  # a pid that existed and no longer runs
     fresh = time.time()
     orphan = DownloadJob(
         id="a1" * 8, url="https://example.com/o", folder="vae", filename="o.bin", state="running", heartbeat=fresh
@@ -135,10 +135,16 @@ def test_a_job_whose_writer_died_on_this_host_is_requeued_at_once(settings, redi
         jobs.create(redis_client, job)
     folder = settings.paths.models / "vae"
     folder.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
-    (folder / "o.bin.lock").write_text(json.dumps({"owner": f"x:{orphan.id}", "host": host, "pid": gone.pid}))
-    (folder / "w.bin.lock").write_text(json.dumps({"owner": f"x:{working.id}", "host": host, "pid": os.getpid()}))
-    sent: list[str] = []
-    assert reconcile.run(settings, redis_client, sent.append)["requeued"] == 1
+    # The orphan's writer took its lock and was killed; the other's writer is this process.
+    code = "import sys; from pathlib import Path; from services.worker.download.lock import Lock; "
+    code += "Lock(Path(sys.argv[1]), sys.argv[2], 60).acquire(); import os; os._exit(0)"
+    subprocess.run([sys.executable, "-c", code, str(folder / "o.bin.lock"), f"x:{orphan.id}"], cwd=REPO, check=True)
+    lock = Lock(folder / "w.bin.lock", f"x:{working.id}", settings.downloads_heartbeat_stale)
+    lock.acquire()
+    try:
+        sent: list[str] = []
+        assert reconcile.run(settings, redis_client, sent.append)["requeued"] == 1
+    finally:
+        lock.release()
     assert sent == [orphan.id] and jobs.get(redis_client, orphan.id).state == "queued"
     assert jobs.get(redis_client, working.id).state == "running"
